@@ -1,0 +1,5 @@
+import sys
+
+from carseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,152 @@
+"""The `carseg` command: synth, prepare, train.
+
+Library code raises; only this module prints errors and picks exit codes:
+0 success, 1 some inputs failed, 2 bad usage, bad data or an unusable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from carseg import __version__
+from carseg.errors import CarsegError
+
+log = logging.getLogger("carseg")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train.yml"
+
+
+def _progress(label: str):
+    tty = sys.stderr.isatty()
+    t0 = time.monotonic()
+
+    def show(done: int, total: int) -> None:
+        if tty:
+            sys.stderr.write(f"\r{label}: {done}/{total} ({time.monotonic() - t0:.1f} s)")
+            if done == total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif done == total or done % max(1, total // 10) == 0:
+            log.info("%s: %d/%d (%.1f s)", label, done, total, time.monotonic() - t0)
+
+    return show
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from carseg.synth import parse_size, write_dataset
+
+    size = parse_size(args.size)
+    t0 = time.monotonic()
+    written = write_dataset(args.out, args.num, size=size, seed=args.seed, views=args.views,
+                            progress=_progress("synth"))
+    log.info("wrote %d photos and masks (%dx%d) to %s in %.1f s", len(written), size[1], size[0],
+             args.out, time.monotonic() - t0)
+    return EXIT_OK
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from carseg.prepare import prepare
+
+    train_csv, valid_csv = prepare(args.datapath, valid_size=args.valid_size, seed=args.seed,
+                                   out=args.out)
+    log.info("wrote %s and %s", train_csv, valid_csv)
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from carseg.train import prepare_config, run_config
+
+    config = prepare_config(args.config, logdir=args.logdir, data=args.data, epochs=args.epochs,
+                            image_size=args.image_size)
+    if args.dry_run:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+        return EXIT_OK
+    t0 = time.monotonic()
+    logdir = run_config(config)
+    summary = logdir / "summary.json"
+    if summary.is_file():
+        import json
+
+        valid = json.loads(summary.read_text())["valid"]
+        log.info("best valid: %s", ", ".join(f"{k} {v:.4f}" for k, v in valid.items()))
+    log.info("trained in %.0f s; logdir %s", time.monotonic() - t0, logdir)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="carseg", description="Car segmentation: data, training, and (see `python -m "
+        "export`, carseg_infer) deployment.",
+        epilog="example: carseg synth --out data/synth --num 400 && "
+               "carseg prepare --datapath data/synth && carseg train")
+    p.add_argument("--version", action="version", version=f"carseg {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a Carvana-like data set offline",
+                       epilog="example: carseg synth --out data/synth --num 400 --size 640x960")
+    s.add_argument("--out", type=Path, required=True, help="data set folder to write")
+    s.add_argument("--num", type=int, required=True, help="number of photos")
+    s.add_argument("--size", default="640x960", help="photo size HxW (Carvana: 1280x1918)")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same data set")
+    s.add_argument("--views", type=int, default=8, help="photos per car, around a turntable")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("prepare", help="pair photos with masks; write train/valid CSVs",
+                       epilog="example: carseg prepare --datapath data/synth --valid-size 0.2")
+    s.add_argument("--datapath", type=Path, required=True,
+                   help="folder with train/ and train_masks/ (Carvana's layout)")
+    s.add_argument("--valid-size", type=float, default=0.2, help="share of cars for validation")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--out", type=Path, default=None, help="where the CSVs go (default: DATAPATH)")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train from a Catalyst 22 config",
+                       epilog="example: carseg train --config python/carseg/configs/train.yml "
+                              "--epochs 3 --logdir logs/try")
+    s.add_argument("--config", "-C", type=Path, nargs="+", default=[DEFAULT_CONFIG],
+                   help="YAML config(s), merged left to right (default: the demo's train.yml)")
+    s.add_argument("--logdir", type=Path, help="override run.logdir")
+    s.add_argument("--data", type=Path,
+                   help="folder holding dataset_train.csv and dataset_valid.csv")
+    s.add_argument("--epochs", type=int, help="override num_epochs")
+    s.add_argument("--image-size", type=int, help="override image_size (multiple of 32)")
+    s.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
+    s.set_defaults(func=cmd_train)
+    return p
+
+
+def _message(e: BaseException) -> str:
+    """The useful line of an error; DataLoader workers wrap ours in a traceback text."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except (CarsegError, ValueError, FileNotFoundError, OSError) as e:
+        sys.stderr.write(f"carseg {args.command}: error: {_message(e)}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"carseg {args.command}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Reading photos and masks with errors that name the file and what is wrong.
+
+Photos of any common mode (grayscale, palette, RGBA, 16-bit) come back as HxWx3 uint8 RGB;
+masks come back as HxW uint8 in {0, 1}. A file that is missing, empty, truncated, not an
+image, or larger than MAX_PIXELS raises; nothing is silently replaced.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from carseg.errors import DataError
+
+MAX_PIXELS = 100_000_000  # 10k x 10k: far beyond any photo, far below what exhausts memory
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            if img.width * img.height > MAX_PIXELS:
+                raise DataError(f"{path}: image too large ({img.width}x{img.height}, "
+                                f"limit {MAX_PIXELS} pixels)")
+            img.load()
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    except OSError as e:
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    except OSError as e:
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8 RGB. 16-bit and float images are scaled, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = np.clip(np.round(a * (255.0 if a.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white, as a browser would show it; the alpha is not the car.
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read a photo as HxWx3 uint8 RGB (C-contiguous)."""
+    path = Path(path)
+    return np.ascontiguousarray(to_rgb(_open(path)))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask (Carvana GIF, PNG, ...) as HxW uint8 with values {0, 1}.
+
+    Carvana's GIFs store 0/1 palette indices; other tools write 0/255. Both are accepted:
+    a mask whose largest value is 1 is taken as is, otherwise values above 127 are the car.
+    """
+    path = Path(path)
+    img = _open(path)
+    a = np.asarray(img.convert("L") if img.mode not in ("L", "P", "1") else img)
+    if img.mode == "P":
+        # palette indices: map through the palette's grey value, unless indices are 0/1
+        idx = np.asarray(img)
+        a = idx if idx.max() <= 1 else np.asarray(img.convert("L"))
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise DataError(f"{path}: mask must have one channel, got shape {a.shape}")
+    top = int(a.max()) if a.size else 0
+    return (a > 0).astype(np.uint8) if top <= 1 else (a > 127).astype(np.uint8)
