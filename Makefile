@@ -1,0 +1,64 @@
+# carseg: `make demo` runs the main job end to end; `make test` runs every test.
+# Both set everything up on a fresh machine (venv, pinned packages, Debian packages when
+# root, the C++ build) and are quick the second time.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUILD := build/py
+DEBS := libstb-dev libturbojpeg0-dev libgtest-dev nlohmann-json3-dev
+CPP_SOURCES := $(shell find cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
+DATA ?=
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup test test-py test-cpp demo clean help
+help:
+	@echo "make demo   synthetic data -> train -> export -> C++ inference -> benchmark"
+	@echo "make test   every test (pytest + ctest)"
+	@echo "make setup  only the set-up (venv, packages, build)"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "== apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.deps: requirements/base.txt requirements/build.txt requirements/test.txt | $(VENV)/.debs
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "== pip install (pinned)"
+	@$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP) install -q -r requirements/base.txt -r requirements/build.txt -r requirements/test.txt \
+	  2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import torch, catalyst, segmentation_models_pytorch, albumentations" \
+	  || { echo "package install failed"; exit 1; }
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.deps $(CPP_SOURCES)
+	@echo "== pip install --no-build-isolation -e . (builds the C++ core when present)"
+	@$(PIP) install -q --no-build-isolation -e . \
+	  --config-settings=cmake.define.CARSEG_BUILD_TESTS=ON 2>&1 | grep -v "^WARNING: Location" ; \
+	  test $${PIPESTATUS[0]} -eq 0
+	@touch $@
+
+test: setup test-py test-cpp
+
+test-py: setup
+	$(PY) -m pytest -q
+
+test-cpp: setup
+	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then \
+	  $(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure; \
+	else echo "no C++ tests built yet"; fi
+
+demo: setup
+	@$(PY) -m carseg.demo $(if $(DATA),--data $(DATA),)
+
+clean:
+	rm -rf build demo

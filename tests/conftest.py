@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic data set and a tiny trained run, made once a session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_YML = REPO / "python" / "carseg" / "configs" / "train.yml"
+
+# Keep test processes from oversubscribing the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 synthetic photos (160x240) of 3 cars, with dataset_train/valid.csv."""
+    from carseg.prepare import prepare
+    from carseg.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_dataset(root, 24, size=(160, 240), seed=7, views=8)
+    prepare(root, valid_size=0.34, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_logdir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Catalyst run of the demo config: 1 epoch at image size 64 on tiny_data.
+
+    Holds config.resolved.yml, checkpoints/model.best.pth and summary.json.
+    """
+    from carseg.train import prepare_config, run_config
+
+    logdir = tmp_path_factory.mktemp("tiny_run") / "logs"
+    config = prepare_config([TRAIN_YML], logdir=logdir, data=tiny_data, epochs=1, image_size=64)
+    step = config["run"][0]
+    step["verbose"] = False
+    for loader in step["loaders"].values():  # no worker processes in tests: faster to start
+        loader["num_workers"] = 0
+        loader.pop("persistent_workers", None)
+    run_config(config)
+    return logdir
