@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 from catalyst.callbacks.checkpoint import CheckpointCallback as _CatalystCheckpoint
+from catalyst.callbacks.metrics.segmentation import DiceCallback as _CatalystDice
+from catalyst.callbacks.metrics.segmentation import IOUCallback as _CatalystIOU
 
 
 class CheckpointCallback(_CatalystCheckpoint):
@@ -28,3 +30,38 @@ class CheckpointCallback(_CatalystCheckpoint):
             tmp = target.with_name(target.name + ".tmp")
             shutil.copyfile(best, tmp)
             tmp.replace(target)
+
+
+class _GlooSafeStatistics:
+    """Catalyst 22.04's segmentation metrics gather their statistics across processes with
+    a pickle-based all_gather that moves bytes to "cuda", which fails on a CPU (gloo) run.
+    Here the statistics are summed with dist.all_reduce on their own device instead; on
+    nccl, Catalyst's path is kept."""
+
+    def on_loader_end(self, runner) -> None:
+        import torch
+        import torch.distributed as dist
+
+        metric = self.metric
+        if not (getattr(metric, "_ddp_backend", None) == "ddp" and dist.is_initialized()
+                and dist.get_backend() != "nccl"):
+            super().on_loader_end(runner)
+            return
+        for stats in metric.statistics.values():
+            for key in stats:
+                t = torch.as_tensor(stats[key], dtype=torch.float64).clone()
+                dist.all_reduce(t)
+                stats[key] = t
+        metric._ddp_backend = None
+        try:
+            super().on_loader_end(runner)
+        finally:
+            metric._ddp_backend = "ddp"
+
+
+class DiceCallback(_GlooSafeStatistics, _CatalystDice):
+    """catalyst.callbacks.DiceCallback that also works in CPU distributed runs."""
+
+
+class IOUCallback(_GlooSafeStatistics, _CatalystIOU):
+    """catalyst.callbacks.IOUCallback that also works in CPU distributed runs."""

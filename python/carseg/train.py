@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from carseg import config as cfg
-from carseg.errors import ConfigError
+from carseg.errors import CarsegError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +24,34 @@ def prepare_config(config_paths: Sequence[str | Path], *, logdir: str | Path | N
     return cfg.resolve(config)
 
 
+def _original(e: BaseException) -> BaseException:
+    seen = e
+    while seen is not None:
+        if isinstance(seen, (CarsegError, FileNotFoundError)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    return ConfigError(f"config: {root.__class__.__name__}: {root}".splitlines()[0])
+
+
 def run_config(config: dict[str, Any]) -> Path:
     """Build everything the config names and train; returns the logdir."""
     from catalyst.contrib.scripts.run import run_from_params
     from catalyst.registry import REGISTRY
 
     cfg.set_active(config)
+    # hydra-slayer's Registry keeps `_var_` objects between calls: a second run in the same
+    # process would see the first run's `model` and refuse the config. Start each run clean.
+    getattr(REGISTRY, "_vars_dict", {}).clear()
     try:
         try:
             params = REGISTRY.get_from_params(**config)
-        except TypeError as e:
-            # hydra-slayer reports a wrong key as the factory's TypeError; keep its text
-            raise ConfigError(f"config: {e}") from None
-        except LookupError as e:
-            raise ConfigError(f"config: {e}") from None
+        except (TypeError, LookupError, RuntimeError) as e:
+            # hydra-slayer wraps a factory's exception in "Factory '...' call failed" with a
+            # dump of every argument; the user needs the original (which names the file).
+            raise _original(e) from None
         run_from_params(params)
     finally:
         cfg.set_active(None)
