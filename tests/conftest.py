@@ -43,3 +43,16 @@ def tiny_logdir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         loader.pop("persistent_workers", None)
     run_config(config)
     return logdir
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_logdir: Path, tiny_data: Path, tmp_path_factory: pytest.TempPathFactory
+                   ) -> Path:
+    """TorchScript + ONNX artifacts of tiny_logdir, verified, with their manifest."""
+    from export.cli import main as export_main
+
+    out = tmp_path_factory.mktemp("tiny_artifacts") / "art"
+    rc = export_main(["all", "--logdir", str(tiny_logdir), "--out", str(out), "--formats",
+                      "torchscript,onnx", "--images", str(tiny_data / "dataset_valid.csv")])
+    assert rc == 0, "export all failed"
+    return out

@@ -1,0 +1,1 @@
+"""carseg's benchmark harness: every backend side by side (`python -m benchmarks --help`)."""

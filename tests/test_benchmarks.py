@@ -1,0 +1,50 @@
+"""The benchmark harness as a smoke test: it runs, and every backend reports or says why not.
+No assertion on speed (machines are noisy); accuracy figures are checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.measure import parity, percentile
+from benchmarks.run import main
+
+EXPECTED = {"eager", "eager-cl", "torchscript", "onnxruntime", "aoti", "torch.compile",
+            "carseg_infer", "bindings"}
+
+
+def test_quick_run_reports_every_backend(tiny_artifacts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert main(["--artifacts", str(tiny_artifacts), "--quick", "--no-compile", "--iters", "3",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    names = {e["backend"] for e in results["backends"]}
+    assert EXPECTED <= names
+    for e in results["backends"]:
+        if "skipped" in e:
+            assert e["skipped"], e["backend"]  # a reason, not an empty string
+            continue
+        assert e["cells"], e["backend"]
+        for c in e["cells"]:
+            assert "error" not in c, (e["backend"], c)
+            assert c["p50_ms"] > 0 and c["p50_ms"] <= c["p99_ms"]
+            if "mask_iou" in c:  # fp32 backends on the same model agree with eager
+                assert c["max_abs_diff"] <= 1e-3 and c["mask_iou"] >= 0.99, (e["backend"], c)
+    ran = {e["backend"] for e in results["backends"] if "skipped" not in e}
+    assert {"eager", "torchscript", "onnxruntime"} <= ran
+    assert results["flops_per_image"] and all(v > 1e8 for v in results["flops_per_image"].values())
+    assert results["peak"]["matmul_float32_tflops"] > 0
+    md = (out / "results.md").read_text()
+    assert "| torchscript |" in md and "Skipped:" in md
+    assert any(p.suffix == ".png" for p in out.iterdir())
+
+
+def test_percentile_and_parity_helpers() -> None:
+    import torch
+
+    assert percentile([5.0, 1.0, 3.0], 50) == 3.0
+    assert percentile([1.0, 2.0], 50) == 1.5
+    a = torch.tensor([[-5.0, 5.0], [5.0, -5.0]])
+    b = torch.tensor([[-5.0, 5.0], [-5.0, -5.0]])
+    p = parity(a, b)
+    assert p["max_abs_diff"] == 10.0 and p["mask_iou"] == 0.5
