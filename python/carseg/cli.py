@@ -81,6 +81,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from carseg import gallery
+
+    rows = gallery.collect(args.csv, masks=args.masks, model=args.model, num=args.num)
+    html_path = args.out.with_suffix(".html")
+    gallery.write(rows, args.out, html_path, title=args.title)
+    mean = sum(r.dice for r in rows) / len(rows)
+    log.info("wrote %s and %s (%d photos, mean Dice %.4f)", args.out, html_path, len(rows), mean)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carseg", description="Car segmentation: data, training, and (see `python -m "
@@ -121,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, help="override image_size (multiple of 32)")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("gallery", help="photo, true mask, predicted mask + Dice, cutout",
+                       epilog="example: carseg gallery --csv demo/csv/dataset_valid.csv "
+                              "--masks demo/cutouts --out docs/gallery.png")
+    s.add_argument("--csv", type=Path, required=True, help="CSV of held-out photos and masks")
+    s.add_argument("--masks", type=Path, help="folder of <stem>_mask.png (carseg_infer output)")
+    s.add_argument("--model", type=Path, help="artifact folder, for photos without a mask file")
+    s.add_argument("--num", type=int, default=12, help="photos to show")
+    s.add_argument("--out", type=Path, required=True, help="PNG to write (and .html beside it)")
+    s.add_argument("--title", default="", help="a line of context for the HTML page")
+    s.set_defaults(func=cmd_gallery)
     return p
 
 

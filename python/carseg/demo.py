@@ -93,8 +93,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.run("carseg_infer infer", [infer, "infer", "--model", artifacts, "--input", held_out,
                                          "--output", cutouts, "--report",
                                          out / "infer_report.json"])
+    if (artifacts / "manifest.json").is_file():
+        masks = ["--masks", out / "cutouts"] if (out / "cutouts").is_dir() else []
+        steps.run("gallery", [carseg, "gallery", "--csv", csv_dir / "dataset_valid.csv", *masks,
+                              "--model", artifacts, "--out", out / "gallery.png",
+                              "--title", f"Held-out photos of {data}."])
+        steps.run("benchmarks --quick", [sys.executable, "-m", "benchmarks", "--artifacts",
+                                         artifacts, "--quick", "--out", out / "bench"])
 
     print("\n=== summary")
+    manifest = artifacts / "manifest.json"
+    if manifest.is_file():
+        arts = json.loads(manifest.read_text())["artifacts"]
+        print("  verify (parity against eager PyTorch):")
+        for name, a in arts.items():
+            par = a.get("parity") or {}
+            print(f"    {name:<12} {a['precision']}  max|diff| {par.get('max_abs_diff', float('nan')):.1e}"
+                  f"  IoU {par.get('mask_iou', float('nan')):.5f}  "
+                  f"{'PASS' if par.get('passed') else 'not verified'}")
+    bench_md = out / "bench" / "results.md"
+    if bench_md.is_file():
+        print("  latency (python -m benchmarks --quick):")
+        for line in bench_md.read_text().splitlines():
+            if line.startswith("| ") and "---" not in line:
+                cols = [c.strip() for c in line.strip("|").split("|")]
+                print(f"    {cols[0]:<16} {cols[2]:>5} {cols[3]:>5} {cols[4]:>8} {cols[7]:>8}")
     for name, dt in steps.times:
         print(f"  {name:<24} {dt:7.1f} s")
     valid = summary["valid"]
@@ -105,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  artifacts: {artifacts}")
     if (out / "cutouts").is_dir():
         print(f"  cutouts:   {out / 'cutouts'}")
+    if (out / "gallery.png").is_file():
+        print(f"  gallery:   {out / 'gallery.png'} (and .html)")
+    if bench_md.is_file():
+        print(f"  benchmark: {bench_md}")
     return 0
 
 
