@@ -14,6 +14,7 @@ torch._inductor.aoti_load_package.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,9 @@ def load_backend(path: str | Path, backend: str, device: str | torch.device = "c
         raise FileNotFoundError(f"{path}: model file not found")
     if backend == "torchscript":
         try:
-            module = torch.jit.load(str(path), map_location=dev)
+            with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location=dev)
         except Exception as e:
             raise CarsegError(f"{path}: cannot load as TorchScript ({_first_line(e)})") from None
         module.eval()
@@ -168,6 +171,8 @@ class ReferencePredictor:
         if isinstance(image, np.ndarray):
             if image.dtype != np.uint8:
                 raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
+            if not image.flags.writeable:  # torch warns about (and may write to) read-only
+                image = image.copy()
             return torch.from_numpy(np.ascontiguousarray(image)), True
         if isinstance(image, torch.Tensor):
             return image, False
