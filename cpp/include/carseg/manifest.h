@@ -1,0 +1,72 @@
+#pragma once
+
+#include <array>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <utility>
+
+namespace carseg {
+
+/// The preprocessing contract of docs/manifest.md (python/carseg/preprocess.py PreprocessSpec).
+struct PreprocessSpec {
+  int size = 256;
+  std::array<double, 3> mean = {0.485, 0.456, 0.406};
+  std::array<double, 3> std = {0.229, 0.224, 0.225};
+  double max_pixel_value = 255.0;
+  double pad_value = 0.0;
+
+  /// (h', w') after fitting the longest side to `size`, round-half-to-even as Python's round.
+  [[nodiscard]] std::pair<int, int> resized_shape(int height, int width) const;
+  /// Throws carseg::Error("preprocessing", ...) when a field is out of range.
+  void validate() const;
+};
+
+/// One entry of manifest.json's "artifacts".
+struct ArtifactEntry {
+  std::string name;       // key: "torchscript", "onnx", "aoti", ...
+  std::string file;       // file name inside the artifact folder
+  std::string format;     // "torchscript" | "onnx" | "aoti"
+  std::string precision;  // "fp32" | "fp16"
+  std::string device;     // device it was exported for ("cpu", "cuda")
+  std::string sha256;     // 64 lower-case hex digits
+};
+
+/// manifest.json, parsed and validated once (schema_version 1).
+class Manifest {
+ public:
+  /// `path` is an artifact folder or a manifest.json file. Throws carseg::Error.
+  [[nodiscard]] static Manifest load(const std::filesystem::path& path);
+  /// Parses JSON text; `source` names it in messages and gives the artifact folder.
+  [[nodiscard]] static Manifest parse(const std::string& json, const std::filesystem::path& source);
+
+  static constexpr int kSchemaVersion = 1;
+
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  [[nodiscard]] std::filesystem::path dir() const { return path_.parent_path(); }
+  [[nodiscard]] const PreprocessSpec& preprocessing() const { return preprocessing_; }
+  [[nodiscard]] double threshold() const { return threshold_; }
+  [[nodiscard]] const std::string& arch() const { return arch_; }
+  [[nodiscard]] const std::string& encoder_name() const { return encoder_name_; }
+  [[nodiscard]] const std::map<std::string, ArtifactEntry>& artifacts() const { return artifacts_; }
+  [[nodiscard]] bool has_artifact(const std::string& name) const {
+    return artifacts_.count(name) != 0;
+  }
+  /// Throws carseg::Error naming the manifest when there is no such artifact.
+  [[nodiscard]] const ArtifactEntry& artifact(const std::string& name) const;
+  /// Absolute path of an artifact's file.
+  [[nodiscard]] std::filesystem::path artifact_path(const std::string& name) const;
+  /// Checks that the artifact's file exists and its sha256 matches; throws carseg::Error
+  /// naming the file, the expected and the actual hash.
+  void verify_artifact(const std::string& name) const;
+
+ private:
+  std::filesystem::path path_;
+  PreprocessSpec preprocessing_;
+  double threshold_ = 0.5;
+  std::string arch_;
+  std::string encoder_name_;
+  std::map<std::string, ArtifactEntry> artifacts_;
+};
+
+}  // namespace carseg

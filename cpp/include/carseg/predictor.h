@@ -1,0 +1,77 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "carseg/manifest.h"
+
+namespace carseg {
+
+enum class Precision { kFp32, kFp16 };
+enum class BackendKind { kAuto, kTorchScript, kAoti };
+
+/// Parses "fp32"/"fp16", "auto"/"torchscript"/"aoti"; throws carseg::Error on anything else.
+[[nodiscard]] Precision parse_precision(const std::string& s);
+[[nodiscard]] BackendKind parse_backend(const std::string& s);
+/// Whether this process can use a CUDA device (false on a CPU-only build or machine).
+[[nodiscard]] bool cuda_available();
+
+struct PredictorOptions {
+  std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
+  Precision precision = Precision::kFp32;
+  std::optional<double> threshold;  // overrides manifest.json's output.threshold
+  bool use_cuda_graphs = true;      // capture and replay per batch shape (CUDA only)
+  BackendKind backend = BackendKind::kAuto;
+  int warmup_iters = 2;           // forward passes at construction
+  bool optimize_for_inference = false;  // TorchScript: faster on CPU, not bit-identical
+};
+
+/// Loads an artifact folder (manifest.json + model file), checks it, warms it up, and turns
+/// photos into masks at their own resolution. Thread-safe: calls are serialised internally.
+class Predictor {
+ public:
+  /// Throws carseg::Error: bad manifest, sha256 mismatch, unloadable model, CUDA requested but
+  /// not available ("CUDA requested but not available").
+  explicit Predictor(const std::filesystem::path& artifacts, PredictorOptions options = {});
+  ~Predictor();
+  Predictor(const Predictor&) = delete;
+  Predictor& operator=(const Predictor&) = delete;
+  Predictor(Predictor&&) noexcept;
+  Predictor& operator=(Predictor&&) noexcept;
+
+  /// uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1} on the CPU.
+  [[nodiscard]] torch::Tensor predict(const torch::Tensor& image_hwc_u8) const;
+  /// Images of different sizes in one forward pass -> one mask each.
+  [[nodiscard]] std::vector<torch::Tensor> predict_batch(
+      const std::vector<torch::Tensor>& images) const;
+  /// float32 logits [H, W] per image, on the CPU, at each image's own size.
+  [[nodiscard]] std::vector<torch::Tensor> predict_logits(
+      const std::vector<torch::Tensor>& images) const;
+  /// sigmoid of predict_logits.
+  [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
+      const std::vector<torch::Tensor>& images) const;
+  /// The model alone: preprocessed float [N, 3, S, S] (any device) -> logits [N, 1, S, S] on the
+  /// predictor's device (CUDA graphs used when enabled and allow_graphs).
+  [[nodiscard]] torch::Tensor forward(const torch::Tensor& batch, bool allow_graphs = true) const;
+  /// Waits for the predictor's work on its device (no-op on the CPU).
+  void synchronize() const;
+
+  [[nodiscard]] const Manifest& manifest() const;
+  [[nodiscard]] torch::Device device() const;
+  [[nodiscard]] double threshold() const;
+  [[nodiscard]] std::string backend_name() const;
+  [[nodiscard]] int input_size() const;
+  /// Batch sizes whose CUDA graph has been captured (empty on the CPU).
+  [[nodiscard]] std::vector<int64_t> captured_batch_sizes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace carseg

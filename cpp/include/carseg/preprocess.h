@@ -1,0 +1,41 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <vector>
+
+#include "carseg/manifest.h"
+
+namespace carseg {
+
+/// docs/manifest.md's preprocessing and post-processing with torch ops, op for op as
+/// python/carseg/preprocess.py, so that CPU results are bit-identical to the Python reference.
+class Preprocessor {
+ public:
+  explicit Preprocessor(PreprocessSpec spec, torch::Device device = torch::kCPU);
+
+  /// uint8 [H, W, 3] (any device) -> float32 [3, size, size] on this preprocessor's device.
+  [[nodiscard]] torch::Tensor preprocess(const torch::Tensor& image_hwc_u8) const;
+  /// Images of any sizes -> float32 [N, 3, size, size].
+  [[nodiscard]] torch::Tensor preprocess_batch(const std::vector<torch::Tensor>& images) const;
+  /// Logits [1, size, size] or [size, size] -> float32 logits [H, W] at the photo's own size.
+  [[nodiscard]] torch::Tensor postprocess_logits(const torch::Tensor& logits, int height,
+                                                 int width) const;
+  /// float logits [H, W] -> uint8 mask [H, W] in {0, 1}: sigmoid(logits) > threshold.
+  [[nodiscard]] static torch::Tensor mask_from_logits(const torch::Tensor& logits_hw,
+                                                      double threshold);
+
+  [[nodiscard]] const PreprocessSpec& spec() const { return spec_; }
+  [[nodiscard]] const torch::Device& device() const { return device_; }
+
+ private:
+  PreprocessSpec spec_;
+  torch::Device device_;
+  torch::Tensor mean_;  // [1, 3, 1, 1] float32: mean * max_pixel_value
+  torch::Tensor std_;   // [1, 3, 1, 1] float32: std * max_pixel_value
+};
+
+/// Throws carseg::Error("image", "expected ..., got ...") unless uint8 [H, W, 3] with H, W >= 1.
+void check_image(const torch::Tensor& image_hwc_u8);
+
+}  // namespace carseg

@@ -1,0 +1,34 @@
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace carseg {
+
+/// FIPS 180-4 SHA-256, incremental. Small and dependency-free: only used to check artifacts.
+class Sha256 {
+ public:
+  Sha256();
+  void update(const void* data, std::size_t size);
+  void update(std::string_view data) { update(data.data(), data.size()); }
+  /// Finishes the hash; the object must not be updated afterwards.
+  [[nodiscard]] std::array<std::uint8_t, 32> digest();
+  [[nodiscard]] std::string hex_digest();
+
+ private:
+  void compress(const std::uint8_t* block);
+  std::array<std::uint32_t, 8> state_;
+  std::array<std::uint8_t, 64> buffer_{};
+  std::size_t buffered_ = 0;
+  std::uint64_t length_ = 0;
+};
+
+/// Lower-case hex SHA-256 of a byte string.
+[[nodiscard]] std::string sha256_hex(std::string_view data);
+/// Lower-case hex SHA-256 of a file's content; throws carseg::Error when it cannot be read.
+[[nodiscard]] std::string sha256_file(const std::filesystem::path& path);
+
+}  // namespace carseg

@@ -1,0 +1,79 @@
+#include <ATen/autocast_mode.h>
+#include <torch/script.h>
+
+#include "carseg/backend.h"
+#include "carseg/error.h"
+
+namespace carseg {
+namespace {
+
+class TorchScriptBackend final : public Backend {
+ public:
+  TorchScriptBackend(const std::filesystem::path& file, const torch::Device& device,
+                     const TorchScriptOptions& options)
+      : device_(device), options_(options) {
+    try {
+      module_ = torch::jit::load(file.string(), device);
+    } catch (const c10::Error& e) {
+      throw Error(file.string(), std::string("cannot load TorchScript: ") + e.what_without_backtrace());
+    }
+    module_.eval();
+    if (options_.optimize_for_inference) {
+      try {
+        module_ = torch::jit::optimize_for_inference(module_);
+      } catch (const c10::Error& e) {
+        throw Error(file.string(), std::string("optimize_for_inference failed: ") +
+                                       e.what_without_backtrace());
+      }
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& input) override {
+    // Autocast state is thread-local: set it around this call only.
+    struct AutocastScope {
+      bool on;
+      bool was;
+      explicit AutocastScope(bool enable)
+          : on(enable), was(at::autocast::is_autocast_enabled(at::kCUDA)) {
+        if (on) {
+          at::autocast::set_autocast_enabled(at::kCUDA, true);
+          at::autocast::set_autocast_dtype(at::kCUDA, at::kHalf);
+          // Weight casts must be re-done inside a CUDA graph capture, not served from a cache.
+          at::autocast::set_autocast_cache_enabled(false);
+        }
+      }
+      ~AutocastScope() {
+        if (on) at::autocast::set_autocast_enabled(at::kCUDA, was);
+      }
+    } scope(options_.autocast_fp16 && device_.is_cuda());
+    torch::IValue out = module_.forward({input});
+    torch::Tensor logits;
+    if (out.isTensor()) {
+      logits = out.toTensor();
+    } else if (out.isTuple() && !out.toTupleRef().elements().empty() &&
+               out.toTupleRef().elements()[0].isTensor()) {
+      logits = out.toTupleRef().elements()[0].toTensor();
+    } else {
+      throw Error("torchscript", "expected the model to return a tensor, got " + out.tagKind());
+    }
+    return logits;
+  }
+
+  std::string name() const override { return "torchscript"; }
+  torch::ScalarType input_dtype() const override { return options_.file_dtype; }
+
+ private:
+  torch::jit::Module module_;
+  torch::Device device_;
+  TorchScriptOptions options_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_torchscript_backend(const std::filesystem::path& file,
+                                                  const torch::Device& device,
+                                                  const TorchScriptOptions& options) {
+  return std::make_unique<TorchScriptBackend>(file, device, options);
+}
+
+}  // namespace carseg

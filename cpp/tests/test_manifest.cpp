@@ -1,0 +1,169 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "carseg/error.h"
+#include "carseg/manifest.h"
+#include "carseg/sha256.h"
+#include "test_util.h"
+
+namespace {
+
+using carseg::Manifest;
+using carseg::test::TempDir;
+using nlohmann::json;
+
+json valid_manifest(const std::string& sha) {
+  return json{{"schema_version", 1},
+              {"model", {{"arch", "Unet"}, {"encoder_name", "resnet18"}}},
+              {"preprocessing",
+               {{"size", 256},
+                {"mean", {0.485, 0.456, 0.406}},
+                {"std", {0.229, 0.224, 0.225}},
+                {"max_pixel_value", 255.0},
+                {"pad_value", 0},
+                {"pad_position", "bottom_right"},
+                {"interpolation", "bilinear"},
+                {"antialias", false},
+                {"channel_order", "RGB"},
+                {"layout", "NCHW"}}},
+              {"output", {{"kind", "logits"}, {"activation", "sigmoid"}, {"threshold", 0.4}}},
+              {"artifacts",
+               {{"torchscript",
+                 {{"file", "model.torchscript.pt"},
+                  {"format", "torchscript"},
+                  {"precision", "fp32"},
+                  {"device", "cpu"},
+                  {"sha256", sha},
+                  {"parity", nullptr}}},
+                {"onnx", nullptr}}}};
+}
+
+// Expects carseg::Error whose message contains every one of `parts`.
+template <class F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    FAIL() << "expected carseg::Error";
+  } catch (const carseg::Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
+
+class ManifestTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    carseg::test::write_bytes(dir_ / "model.torchscript.pt", "not really a model");
+    sha_ = carseg::sha256_hex("not really a model");
+  }
+  void write(const json& j) { carseg::test::write_bytes(dir_ / "manifest.json", j.dump()); }
+  TempDir dir_;
+  std::string sha_;
+};
+
+TEST_F(ManifestTest, ParsesValidManifestAndVerifiesHash) {
+  write(valid_manifest(sha_));
+  const Manifest m = Manifest::load(dir_.path());
+  EXPECT_EQ(m.preprocessing().size, 256);
+  EXPECT_DOUBLE_EQ(m.preprocessing().mean[1], 0.456);
+  EXPECT_DOUBLE_EQ(m.preprocessing().std[2], 0.225);
+  EXPECT_DOUBLE_EQ(m.threshold(), 0.4);
+  EXPECT_EQ(m.arch(), "Unet");
+  EXPECT_EQ(m.artifacts().size(), 1u);  // the null "onnx" entry is skipped
+  EXPECT_TRUE(m.has_artifact("torchscript"));
+  EXPECT_EQ(m.artifact_path("torchscript"), dir_.path() / "model.torchscript.pt");
+  EXPECT_NO_THROW(m.verify_artifact("torchscript"));
+}
+
+TEST_F(ManifestTest, LoadsFromFilePathToo) {
+  write(valid_manifest(sha_));
+  EXPECT_EQ(Manifest::load(dir_ / "manifest.json").dir(), dir_.path());
+}
+
+TEST_F(ManifestTest, RefusesOtherSchemaVersionNamingBoth) {
+  json j = valid_manifest(sha_);
+  j["schema_version"] = 2;
+  write(j);
+  expect_error([&] { (void)Manifest::load(dir_.path()); },
+               {"manifest.json", "schema_version 2", "expected 1"});
+}
+
+TEST_F(ManifestTest, RefusesHashMismatchNamingFileExpectedAndActual) {
+  const std::string wrong(64, 'a');
+  write(valid_manifest(wrong));
+  const Manifest m = Manifest::load(dir_.path());
+  expect_error([&] { m.verify_artifact("torchscript"); },
+               {"model.torchscript.pt", "sha256 mismatch", wrong, sha_});
+}
+
+TEST_F(ManifestTest, MissingModelFileIsNamed) {
+  write(valid_manifest(sha_));
+  std::filesystem::remove(dir_ / "model.torchscript.pt");
+  const Manifest m = Manifest::load(dir_.path());
+  expect_error([&] { m.verify_artifact("torchscript"); }, {"model.torchscript.pt", "no such file"});
+}
+
+TEST_F(ManifestTest, MissingManifestAndBadJson) {
+  expect_error([&] { (void)Manifest::load(dir_.path()); }, {"manifest.json", "no such file"});
+  carseg::test::write_bytes(dir_ / "manifest.json", "{\"schema_version\": 1,");
+  expect_error([&] { (void)Manifest::load(dir_.path()); }, {"manifest.json", "not valid JSON"});
+}
+
+TEST_F(ManifestTest, BadFieldsAreNamed) {
+  struct Case {
+    const char* pointer;
+    json value;
+    const char* expect;
+  };
+  const std::vector<Case> cases = {
+      {"/preprocessing/size", 100, "multiple of 32"},
+      {"/preprocessing/mean", json::array({0.1, 0.2}), "preprocessing.mean"},
+      {"/preprocessing/std", json::array({0.1, 0.0, 0.2}), "std"},
+      {"/preprocessing/pad_position", "center", "pad_position"},
+      {"/preprocessing/antialias", true, "antialias"},
+      {"/preprocessing/colour", "x", "unknown field colour"},
+      {"/output/threshold", 1.5, "output.threshold"},
+      {"/artifacts/torchscript/sha256", "xyz", "artifacts.torchscript.sha256"},
+      {"/artifacts/torchscript/file", "../evil.pt", "artifacts.torchscript.file"},
+      {"/artifacts/torchscript/precision", "int8", "precision"},
+  };
+  for (const auto& c : cases) {
+    json j = valid_manifest(sha_);
+    j[json::json_pointer(c.pointer)] = c.value;
+    write(j);
+    expect_error([&] { (void)Manifest::load(dir_.path()); }, {"manifest.json", c.expect});
+  }
+  json j = valid_manifest(sha_);
+  j.erase("preprocessing");
+  write(j);
+  expect_error([&] { (void)Manifest::load(dir_.path()); }, {"missing field preprocessing"});
+}
+
+TEST(PreprocessSpec, ResizedShapeRoundsHalfToEven) {
+  carseg::PreprocessSpec s;  // size 256
+  // 3 * 256/512 = 1.5 -> 2; 5 * 256/512 = 2.5 -> 2 (Python's round).
+  EXPECT_EQ(s.resized_shape(3, 512), std::make_pair(2, 256));
+  EXPECT_EQ(s.resized_shape(512, 5), std::make_pair(256, 2));
+  EXPECT_EQ(s.resized_shape(1, 1000), std::make_pair(1, 256));
+  EXPECT_EQ(s.resized_shape(1280, 1918), std::make_pair(171, 256));
+  EXPECT_THROW((void)s.resized_shape(0, 5), carseg::Error);
+}
+
+TEST(PreprocessSpec, ResizedShapeMatchesPythonOnFixtureCases) {
+  CARSEG_REQUIRE_FIXTURES();
+  std::ifstream in(carseg::test::fixtures() / "cases.json");
+  const json cases = json::parse(in);
+  int n = 0;
+  for (const auto& c : cases.at("resized")) {
+    carseg::PreprocessSpec s;
+    s.size = c[2].get<int>();
+    const auto [h, w] = s.resized_shape(c[0].get<int>(), c[1].get<int>());
+    EXPECT_EQ(h, c[3].get<int>()) << c.dump();
+    EXPECT_EQ(w, c[4].get<int>()) << c.dump();
+    ++n;
+  }
+  EXPECT_GT(n, 50);
+}
+
+}  // namespace

@@ -1,0 +1,172 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "carseg/error.h"
+#include "carseg/image_io.h"
+#include "carseg/predictor.h"
+#include "test_util.h"
+
+namespace {
+
+using carseg::test::fixtures;
+using carseg::test::read_raw;
+using nlohmann::json;
+
+json cases() {
+  std::ifstream in(fixtures() / "cases.json");
+  return json::parse(in);
+}
+
+torch::Tensor photo(const json& e) {
+  const carseg::Image img = carseg::read_image(fixtures() / (e["name"].get<std::string>() + ".png"));
+  return torch::from_blob(const_cast<std::uint8_t*>(img.pixels.data()), {img.height, img.width, 3},
+                          torch::kUInt8).clone();
+}
+
+torch::Tensor ref_mask(const json& e) {
+  std::vector<std::uint8_t> m = read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + ".ref_mask.u8"));
+  return torch::from_blob(m.data(), {e["h"].get<int>(), e["w"].get<int>()}, torch::kUInt8).clone();
+}
+
+double iou(const torch::Tensor& a, const torch::Tensor& b) {
+  const double inter = (a.logical_and(b)).sum().item<double>();
+  const double uni = (a.logical_or(b)).sum().item<double>();
+  return uni == 0 ? 1.0 : inter / uni;
+}
+
+// The Python reference ran the whole fixture set as one batch: so does this test, and on the
+// CPU the masks must be identical (IoU 1), the logits equal to float rounding.
+TEST(Predictor, BatchMatchesPythonReference) {
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  const carseg::Predictor predictor(fixtures() / "model");
+  EXPECT_EQ(predictor.backend_name(), "torchscript");
+  EXPECT_DOUBLE_EQ(predictor.threshold(), c["threshold"].get<double>());
+  std::vector<torch::Tensor> images;
+  for (const auto& e : c["images"]) images.push_back(photo(e));
+  const std::vector<torch::Tensor> masks = predictor.predict_batch(images);
+  const std::vector<torch::Tensor> logits = predictor.predict_logits(images);
+  ASSERT_EQ(masks.size(), images.size());
+  int64_t differing = 0;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const json& e = c["images"][i];
+    const int h = e["h"].get<int>(), w = e["w"].get<int>();
+    ASSERT_EQ(masks[i].sizes(), (std::vector<int64_t>{h, w}));
+    EXPECT_EQ(masks[i].scalar_type(), torch::kUInt8);
+    const torch::Tensor want = ref_mask(e);
+    EXPECT_GE(iou(masks[i], want), 0.999) << e["name"];
+    differing += (masks[i] != want).sum().item<int64_t>();
+    std::vector<float> l = read_raw<float>(fixtures() / (e["name"].get<std::string>() + ".ref_logits.f32"));
+    const torch::Tensor ref_logits = torch::from_blob(l.data(), {h, w}, torch::kFloat32);
+    EXPECT_TRUE(torch::allclose(logits[i], ref_logits, 1e-4, 1e-4))
+        << e["name"] << ": max |diff| " << (logits[i] - ref_logits).abs().max().item<float>();
+  }
+  EXPECT_EQ(differing, 0) << "mask pixels differing from the Python reference";
+}
+
+TEST(Predictor, SingleImageAgreesWithBatchAndHasNontrivialMask) {
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  const carseg::Predictor predictor(fixtures() / "model");
+  const json& e = c["images"][4];  // 480 x 640
+  const torch::Tensor mask = predictor.predict(photo(e));
+  EXPECT_GE(iou(mask, ref_mask(e)), 0.999);
+  const double fg = mask.to(torch::kFloat32).mean().item<double>();
+  EXPECT_GT(fg, 0.01);
+  EXPECT_LT(fg, 0.99);
+  const auto probs = predictor.predict_probabilities({photo(e)});
+  EXPECT_GE(probs[0].min().item<float>(), 0.0f);
+  EXPECT_LE(probs[0].max().item<float>(), 1.0f);
+}
+
+TEST(Predictor, ThresholdOverrideChangesTheMask) {
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  carseg::PredictorOptions lo, hi;
+  lo.threshold = 0.05;
+  hi.threshold = 0.95;
+  lo.warmup_iters = hi.warmup_iters = 0;
+  const torch::Tensor img = photo(c["images"][1]);
+  const auto a = carseg::Predictor(fixtures() / "model", lo).predict(img).sum().item<int64_t>();
+  const auto b = carseg::Predictor(fixtures() / "model", hi).predict(img).sum().item<int64_t>();
+  EXPECT_GT(a, b);
+}
+
+TEST(Predictor, RefusesTamperedModelWithBothHashes) {
+  CARSEG_REQUIRE_FIXTURES();
+  carseg::test::TempDir dir;
+  std::filesystem::copy_file(fixtures() / "model" / "manifest.json", dir / "manifest.json");
+  carseg::test::write_bytes(dir / "model.torchscript.pt", "tampered");
+  try {
+    const carseg::Predictor p(dir.path());
+    FAIL() << "expected carseg::Error";
+  } catch (const carseg::Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("model.torchscript.pt"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("sha256 mismatch"), std::string::npos) << msg;
+  }
+}
+
+TEST(Predictor, BadOptionsAreClearErrors) {
+  CARSEG_REQUIRE_FIXTURES();
+  carseg::PredictorOptions o;
+  o.device = "tpu";
+  EXPECT_THROW(carseg::Predictor(fixtures() / "model", o), carseg::Error);
+  o = {};
+  o.precision = carseg::Precision::kFp16;  // fp16 needs CUDA
+  EXPECT_THROW(carseg::Predictor(fixtures() / "model", o), carseg::Error);
+  o = {};
+  o.backend = carseg::BackendKind::kAoti;  // the fixture has no .pt2
+  EXPECT_THROW(carseg::Predictor(fixtures() / "model", o), carseg::Error);
+  EXPECT_THROW((void)carseg::parse_precision("int8"), carseg::Error);
+  EXPECT_THROW((void)carseg::parse_backend("onnx"), carseg::Error);
+}
+
+TEST(Predictor, RejectsBadImages) {
+  CARSEG_REQUIRE_FIXTURES();
+  carseg::PredictorOptions o;
+  o.warmup_iters = 0;
+  const carseg::Predictor predictor(fixtures() / "model", o);
+  EXPECT_THROW((void)predictor.predict(torch::zeros({8, 8, 4}, torch::kUInt8)), carseg::Error);
+  EXPECT_THROW((void)predictor.predict_batch({}), carseg::Error);
+}
+
+TEST(PredictorCuda, CudaRequestedWithoutDeviceIsAClearError) {
+  CARSEG_REQUIRE_FIXTURES();
+  if (carseg::cuda_available()) GTEST_SKIP() << "a CUDA device is present";
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  try {
+    const carseg::Predictor p(fixtures() / "model", o);
+    FAIL() << "expected carseg::Error";
+  } catch (const carseg::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA requested but not available"), std::string::npos);
+  }
+}
+
+// On a GPU: fp32 CUDA vs the CPU reference, fp16 + CUDA graphs vs fp32.
+TEST(PredictorCuda, MatchesCpuAndCapturesGraphs) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  std::vector<torch::Tensor> images;
+  for (const auto& e : c["images"]) images.push_back(photo(e));
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  const carseg::Predictor fp32(fixtures() / "model", o);
+  const auto m32 = fp32.predict_batch(images);
+  for (std::size_t i = 0; i < images.size(); ++i) EXPECT_GE(iou(m32[i], ref_mask(c["images"][i])), 0.99);
+  o.precision = carseg::Precision::kFp16;
+  const carseg::Predictor fp16(fixtures() / "model", o);
+  const auto m16 = fp16.predict_batch(images);
+  const auto again = fp16.predict_batch(images);  // graph replay
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    EXPECT_GE(iou(m16[i], m32[i]), 0.98);
+    EXPECT_TRUE(torch::equal(m16[i], again[i]));
+  }
+  EXPECT_FALSE(fp16.captured_batch_sizes().empty());
+}
+
+}  // namespace

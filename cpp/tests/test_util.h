@@ -1,0 +1,66 @@
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace carseg::test {
+
+/// Folder written by make_fixtures.py (ctest passes it in CARSEG_TEST_FIXTURES).
+inline std::filesystem::path fixtures() {
+  const char* dir = std::getenv("CARSEG_TEST_FIXTURES");
+  return dir ? std::filesystem::path(dir) : std::filesystem::path();
+}
+
+#define CARSEG_REQUIRE_FIXTURES()                                                  \
+  do {                                                                             \
+    if (::carseg::test::fixtures().empty() ||                                      \
+        !std::filesystem::exists(::carseg::test::fixtures() / "cases.json"))       \
+      GTEST_SKIP() << "no fixtures: set CARSEG_TEST_FIXTURES (ctest does)";        \
+  } while (0)
+
+template <class T>
+std::vector<T> read_raw(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  EXPECT_TRUE(in.good()) << path;
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<T> out(bytes.size() / sizeof(T));
+  std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
+
+inline void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// A fresh folder under the system temp dir, removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() /
+            ("carseg_test_" + std::to_string(rd()) + "_" + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  [[nodiscard]] const std::filesystem::path& path() const { return path_; }
+  [[nodiscard]] std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+}  // namespace carseg::test
