@@ -30,11 +30,12 @@ $(VENV)/.debs:
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(VENV)/.deps: requirements/base.txt requirements/build.txt requirements/test.txt | $(VENV)/.debs
+$(VENV)/.deps: requirements/base.txt requirements/build.txt requirements/test.txt requirements/scale.txt | $(VENV)/.debs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "== pip install (pinned)"
 	@$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PIP) install -q -r requirements/base.txt -r requirements/build.txt -r requirements/test.txt \
+	  -r requirements/scale.txt \
 	  2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import torch, catalyst, segmentation_models_pytorch, albumentations" \
 	  || { echo "package install failed"; exit 1; }

@@ -92,6 +92,15 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from carseg.serving import serve_forever
+
+    serve_forever(args.model, host=args.host, port=args.port, backend=args.backend,
+                  device=args.device, replicas=args.replicas, max_batch=args.max_batch,
+                  batch_wait_ms=args.batch_wait_ms)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carseg", description="Car segmentation: data, training, and (see `python -m "
@@ -143,6 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="PNG to write (and .html beside it)")
     s.add_argument("--title", default="", help="a line of context for the HTML page")
     s.set_defaults(func=cmd_gallery)
+
+    s = sub.add_parser("serve", help="HTTP serving on Ray Serve (extra `scale`)",
+                       epilog="example: carseg serve --model demo/artifacts --replicas 2 && "
+                              "curl --data-binary @car.jpg -H 'Content-Type: image/jpeg' "
+                              "http://127.0.0.1:8000/v1/segment > mask.png")
+    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
+    s.add_argument("--backend", choices=["native", "torchscript", "onnx"], default="torchscript")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch")
+    s.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a replica waits to fill a batch")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -8,6 +8,7 @@ image, or larger than MAX_PIXELS raises; nothing is silently replaced.
 from __future__ import annotations
 
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +19,32 @@ from carseg.errors import DataError
 MAX_PIXELS = 100_000_000  # 10k x 10k: far beyond any photo, far below what exhausts memory
 
 
-def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
+class ImageTooLarge(DataError):
+    """An image past MAX_PIXELS (a server answers 413 to it)."""
+
+
+def _open(path: Path, data: bytes | None = None) -> Image.Image:
+    """Open and decode `path`, or `data` (named `path` in messages) when given."""
+    if data is None:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file")
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, not an image")
+        if path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file")
+    elif not data:
         raise DataError(f"{path}: empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path if data is None else BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
-                raise DataError(f"{path}: image too large ({img.width}x{img.height}, "
+                raise ImageTooLarge(f"{path}: image too large ({img.width}x{img.height}, "
                                 f"limit {MAX_PIXELS} pixels)")
             img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLarge(f"{path}: image too large (limit {MAX_PIXELS} pixels)") from None
+    except UnidentifiedImageError as e:
         raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
     except OSError as e:
         raise DataError(f"{path}: corrupt or truncated image ({e})") from None
@@ -82,6 +92,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
     """Read a photo as HxWx3 uint8 RGB (C-contiguous)."""
     path = Path(path)
     return np.ascontiguousarray(to_rgb(_open(path)))
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, BMP, GIF, ...) held in memory to HxWx3 uint8 RGB."""
+    return np.ascontiguousarray(to_rgb(_open(Path(name), data)))
 
 
 def read_mask(path: str | Path) -> np.ndarray:
