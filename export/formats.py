@@ -7,6 +7,7 @@ the file into place, hashes it and records it in the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,12 @@ def example_input(size: int, device: torch.device, dtype: torch.dtype,
     return torch.randn(batch, 3, size, size, generator=g).to(device=device, dtype=dtype)
 
 
-def _quiet():
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
     """torch.jit.* and the ONNX exporter warn about their own deprecation; keep logs readable."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("ignore")
-    return ctx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _smoke_dynamic(run, size: int, device: torch.device, dtype: torch.dtype,
@@ -73,26 +75,22 @@ def _smoke_dynamic(run, size: int, device: torch.device, dtype: torch.dtype,
 def write_torchscript(model: torch.nn.Module, path: Path, size: int, device: torch.device,
                       dtype: torch.dtype, method: str = "trace") -> dict[str, Any]:
     x = example_input(size, device, dtype)
-    ctx = _quiet()
-    try:
-        with torch.no_grad():
-            if method == "trace":
-                module = torch.jit.trace(model, x, check_trace=False)
-            elif method == "script":
-                try:
-                    module = torch.jit.script(model)
-                except Exception as e:
-                    raise CarsegError(
-                        f"torch.jit.script cannot compile {type(model).__name__}: "
-                        f"{str(e).strip().splitlines()[0]}; use --method trace") from None
-            else:
-                raise ValueError(f"--method: expected trace or script, got {method!r}")
-            module = torch.jit.freeze(module.eval())
-            torch.jit.save(module, str(path))
-            loaded = torch.jit.load(str(path), map_location=device)
-            dynamic = _smoke_dynamic(loaded, size, device, dtype, "TorchScript")
-    finally:
-        ctx.__exit__(None, None, None)
+    with _quiet(), torch.no_grad():
+        if method == "trace":
+            module = torch.jit.trace(model, x, check_trace=False)
+        elif method == "script":
+            try:
+                module = torch.jit.script(model)
+            except Exception as e:
+                raise CarsegError(
+                    f"torch.jit.script cannot compile {type(model).__name__}: "
+                    f"{str(e).strip().splitlines()[0]}; use --method trace") from None
+        else:
+            raise ValueError(f"--method: expected trace or script, got {method!r}")
+        module = torch.jit.freeze(module.eval())
+        torch.jit.save(module, str(path))
+        loaded = torch.jit.load(str(path), map_location=device)
+        dynamic = _smoke_dynamic(loaded, size, device, dtype, "TorchScript")
     return {"dynamic": dynamic}
 
 
@@ -132,9 +130,8 @@ def write_onnx(model: torch.nn.Module, path: Path, size: int, device: torch.devi
 
     check_opset(opset, exporter)
     x = example_input(size, device, dtype)
-    ctx = _quiet()
     try:
-        with torch.no_grad():
+        with _quiet(), torch.no_grad():
             if exporter == "dynamo":
                 batch = torch.export.Dim("N", min=1, max=MAX_BATCH)
                 h = torch.export.Dim("H32", min=1, max=MAX_SIDE_BLOCKS)
@@ -155,8 +152,6 @@ def write_onnx(model: torch.nn.Module, path: Path, size: int, device: torch.devi
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CarsegError(f"ONNX export ({exporter} exporter, opset {opset}) failed: "
                           f"{first}") from None
-    finally:
-        ctx.__exit__(None, None, None)
     proto = onnx.load(str(path), load_external_data=False)
     written = {o.domain: o.version for o in proto.opset_import}.get("", None)
     if written != opset:

@@ -24,8 +24,9 @@ from export.manifest import load_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")
-def fp32_dir(tmp_path_factory, tiny_logdir: Path) -> Path:
-    return exported(tmp_path_factory, tiny_logdir, "fp32", ("torchscript", "onnx"))
+def fp32_dir(tiny_artifacts: Path) -> Path:
+    """conftest's session folder: `export all --formats torchscript,onnx` (verified)."""
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def test_manifest_matches_files_and_run(fp32_dir: Path, tiny_logdir: Path) -> No
         assert a["precision"] == "fp32" and a["device"] == "cpu"
         assert a["dynamic"] == {"batch": True, "spatial": True}, name
         assert a["export_seconds"] > 0
+        assert a["parity"]["passed"] is True  # `export all` verified and recorded it
     assert m.artifacts["onnx"]["opset"] == 18
     assert m.preprocessing["size"] == 64  # the tiny run's --image-size
     assert m.input == {"name": "input", "dtype": "float32", "shape": ["N", 3, 64, 64]}
@@ -134,12 +136,17 @@ def test_verify_fails_on_tampered_artifact(fp32_dir: Path, tmp_path: Path, capsy
     ts_line = next(ln for ln in out.splitlines() if ln.startswith("torchscript "))
     assert onnx_line.endswith("FAIL") and ts_line.endswith("PASS")
     m = manifest_json(folder)
-    assert m["artifacts"]["onnx"]["parity"] is None  # never certify a file it does not describe
+    # never certify a file it does not describe: the old record stays, the new one is not made
+    old = manifest_json(fp32_dir)["artifacts"]
+    assert m["artifacts"]["onnx"]["parity"] == old["onnx"]["parity"]
+    assert m["artifacts"]["torchscript"]["parity"]["checked_at"] >= \
+        old["torchscript"]["parity"]["checked_at"]
     assert m["artifacts"]["torchscript"]["parity"]["passed"] is True
 
 
 def test_verify_fails_on_impossible_tolerance(fp32_dir: Path, tmp_path: Path, capsys) -> None:
     report = tmp_path / "r.json"
+    before = (fp32_dir / "manifest.json").read_text()
     rc = main(["verify", str(fp32_dir), "--min-iou", "1.01", "--no-record", "--batches", "1",
                "--json", str(report)])
     assert rc == 1
@@ -148,7 +155,7 @@ def test_verify_fails_on_impossible_tolerance(fp32_dir: Path, tmp_path: Path, ca
     assert r["passed"] is False
     assert all(a["parity"]["tolerance"]["mask_iou"] == 1.01 for a in r["artifacts"])
     assert all(a["mask_iou"] <= 1.0 for a in r["artifacts"])
-    assert manifest_json(fp32_dir)["artifacts"]["onnx"]["parity"] is None  # --no-record
+    assert (fp32_dir / "manifest.json").read_text() == before  # --no-record
 
 
 def test_verify_atol_flag_is_applied(fp32_dir: Path, tmp_path: Path) -> None:

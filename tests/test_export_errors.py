@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_export_helpers import REPO, exported
+from test_export_helpers import REPO
 
 from export.cli import main
 
@@ -148,9 +148,9 @@ def test_opset_the_installed_torch_cannot_write(opset: str, tiny_logdir: Path, t
     assert _left_behind(out) == []
 
 
-def test_folder_of_another_precision_is_refused(tmp_path_factory, tiny_logdir: Path,
+def test_folder_of_another_precision_is_refused(tiny_artifacts: Path, tiny_logdir: Path,
                                                 tmp_path: Path, capsys) -> None:
-    fp32 = exported(tmp_path_factory, tiny_logdir, "fp32", ("torchscript", "onnx"))
+    fp32 = tiny_artifacts
     out = tmp_path / "mixed"
     out.mkdir()
     shutil.copy(fp32 / "manifest.json", out)

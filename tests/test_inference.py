@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_export_helpers import copy_of, eager_model, exported
+from test_export_helpers import copy_of, eager_model
 
 from carseg.errors import CarsegError
 from carseg.imageio import read_rgb
@@ -16,8 +16,8 @@ from carseg.preprocess import PreprocessSpec, mask_from_logits, postprocess_logi
 
 
 @pytest.fixture(scope="module")
-def fp32_dir(tmp_path_factory, tiny_logdir: Path) -> Path:
-    return exported(tmp_path_factory, tiny_logdir, "fp32", ("torchscript", "onnx"))
+def fp32_dir(tiny_artifacts: Path) -> Path:
+    return tiny_artifacts
 
 
 @pytest.fixture(scope="module")
