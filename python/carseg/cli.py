@@ -101,6 +101,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from carseg.batch import run_batch, write_report
+
+    report = run_batch(args.inputs, args.model, args.output, address=args.address,
+                       workers=args.workers, batch_size=args.batch_size, device=args.device,
+                       cutout=args.cutout, backend=args.backend)
+    if args.report:
+        write_report(report, args.report)
+    for f in report.failed:
+        msg = f["reason"] if f["reason"].startswith(f["path"]) else f"{f['path']}: {f['reason']}"
+        sys.stderr.write(f"carseg batch: error: {msg}\n")
+    r = report.to_json()
+    log.info("done %d, skipped %d (already written), failed %d; %.2f images/s", len(report.done),
+             len(report.skipped), len(report.failed), r["images_per_s"])
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carseg", description="Car segmentation: data, training, and (see `python -m "
@@ -167,6 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("batch", help="batch inference over folders on Ray Data (extra `scale`)",
+                       epilog="example: carseg batch photos/ --model demo/artifacts --output "
+                              "out/ --workers 2 --report out/report.json")
+    s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
+    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
+    s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
+    s.add_argument("--address", default="local",
+                   help="local (default), auto, or ray://HOST:10001 for a cluster")
+    s.add_argument("--workers", type=int, default=1, help="predictor actors")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--backend", choices=["native", "torchscript", "onnx"], default="torchscript")
+    s.add_argument("--cutout", choices=["white", "transparent", "none"], default="white")
+    s.add_argument("--report", type=Path, help="JSON report: done, skipped, failed with reasons")
+    s.set_defaults(func=cmd_batch)
     return p
 
 
