@@ -195,6 +195,17 @@ def cmd_aoti_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_triton(args: argparse.Namespace) -> int:
+    from export.triton import build_repository
+
+    names = build_repository(args.artifacts, args.out, max_batch=args.max_batch,
+                             instances=args.instances, kind=args.kind,
+                             require_verified=not args.allow_unverified)
+    sys.stdout.write(f"wrote Triton repository {args.out.absolute()} ({', '.join(names)}); "
+                     f"start it with: tritonserver --model-repository={args.out.absolute()}\n")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m export",
@@ -252,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: python -m export verify artifacts --json parity.json")
     _verify_options(s, dir_arg=True)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("triton", help="write a Triton model repository from verified artifacts",
+                       description="Write a Triton Inference Server model repository: the ONNX "
+                                   "model for the onnxruntime backend, the TorchScript model "
+                                   "for pytorch_libtorch, each with its config.pbtxt, the "
+                                   "manifest and a README. Needs the `scale` extra.",
+                       epilog="example: python -m export triton --artifacts artifacts --out "
+                              "triton_repo --max-batch 32 --kind gpu")
+    _log_flags(s, argparse.SUPPRESS)
+    s.add_argument("--artifacts", type=Path, required=True, help="verified artifact folder")
+    s.add_argument("--out", type=Path, required=True, help="repository folder to write")
+    s.add_argument("--max-batch", type=int, default=16, help="max_batch_size (default: 16)")
+    s.add_argument("--instances", type=int, default=1, help="instance_group count")
+    s.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="instance kind")
+    s.add_argument("--allow-unverified", action="store_true",
+                   help="take artifacts that verify has not passed")
+    s.set_defaults(func=cmd_triton)
 
     return p
 
