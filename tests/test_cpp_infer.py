@@ -133,3 +133,27 @@ def test_bench_json(fixtures: Path, photos: Path, tmp_path: Path) -> None:
     assert [row["batch"] for row in rep["results"]] == [1, 2]
     assert all(row["p50_ms"] > 0 for row in rep["results"])
     assert rep["end_to_end"]["images"] == 3
+
+
+def test_aoti_backend_matches_torchscript(fixtures: Path, photos: Path, tmp_path: Path) -> None:
+    """`python -m export aoti` beside the TorchScript file; carseg_infer --backend aoti."""
+    model = tmp_path / "model"
+    shutil.copytree(fixtures / "model", model)
+    r = subprocess.run([sys.executable, "-m", "export", "aoti", "--logdir",
+                        str(fixtures / "logdir"), "--out", str(model), "-q"],
+                       capture_output=True, text=True, cwd=REPO, timeout=600)
+    if r.returncode != 0 or not (model / "model.pt2").is_file():
+        pytest.skip(f"no AOTInductor package could be exported here: {r.stderr[-300:]}")
+    from PIL import Image
+    masks = {}
+    for backend in ("aoti", "torchscript"):
+        out, report = tmp_path / backend, tmp_path / f"{backend}.json"
+        r = run("infer", "--model", model, "--input", photos, "--output", out, "--backend",
+                backend, "--cutout", "none", "--report", report)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(report.read_text())["backend"] == backend
+        masks[backend] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
+    assert masks["aoti"].keys() == masks["torchscript"].keys() and masks["aoti"]
+    for name, a in masks["aoti"].items():
+        b = masks["torchscript"][name]
+        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.999, name

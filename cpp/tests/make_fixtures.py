@@ -2,7 +2,8 @@
 
 Writes into --out: photos (PNG, lossless, plus raw RGB), carseg.preprocess outputs as raw
 float32, post-processing references, resized-shape cases, and a tiny artifact folder
-(a frozen TorchScript U-Net/resnet18 with random weights + manifest.json per docs/manifest.md)
+(a frozen TorchScript U-Net/resnet18 with random weights: `python -m export trace` on a
+minimal logdir when the exporter is there, else traced here with a manifest per docs/manifest.md)
 with the Python reference masks for it. Skips the work when the stamp matches this script.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -38,6 +41,67 @@ def write_raw(path: Path, t) -> None:
 
     path.write_bytes(t.detach().cpu().contiguous().numpy().tobytes()
                      if isinstance(t, torch.Tensor) else t.tobytes())
+
+
+def export_with_tool(out: Path, model, spec, threshold: float, model_dir: Path) -> str | None:
+    """`python -m export trace` on a minimal logdir holding this model; None when unavailable."""
+    import torch
+    import yaml
+
+    if not (ROOT / "export" / "__main__.py").is_file():
+        return None
+    logdir = out / "logdir"
+    if logdir.exists():
+        shutil.rmtree(logdir)
+    (logdir / "checkpoints").mkdir(parents=True)
+    torch.save(model.state_dict(), logdir / "checkpoints" / "model.best.pth")
+    config = {
+        "shared": {"image_size": spec.size, "mean": list(spec.mean), "std": list(spec.std),
+                   "threshold": threshold},
+        "run": [{"_call_": "train", "model": {
+            "_target_": "carseg.models.build_model", "_mode_": "call", "arch": "Unet",
+            "encoder_name": "resnet18", "classes": 1, "encoder_weights": None}}],
+    }
+    (logdir / "config.resolved.yml").write_text(yaml.safe_dump(config))
+    r = subprocess.run([sys.executable, "-m", "export", "trace", "--logdir", str(logdir),
+                        "--out", str(model_dir), "-q"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0 or not (model_dir / "manifest.json").is_file():
+        sys.stderr.write(f"make_fixtures: python -m export trace failed (rc {r.returncode}), "
+                         f"tracing here instead:\n{r.stderr[-2000:]}\n")
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        return None
+    return "python -m export trace"
+
+
+def write_own_artifact(model, spec, threshold: float, model_dir: Path) -> None:
+    import torch
+
+    model_dir.mkdir(parents=True)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, spec.size, spec.size))
+    frozen = torch.jit.freeze(traced)
+    ts_path = model_dir / "model.torchscript.pt"
+    frozen.save(str(ts_path))
+    data = ts_path.read_bytes()
+    manifest = {
+        "schema_version": 1,
+        "carseg_version": "0.1.0",
+        "created": "fixture",
+        "model": {"arch": "Unet", "encoder_name": "resnet18", "classes": 1, "in_channels": 3,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "source": {"logdir": None, "checkpoint": None, "note": "random weights (test fixture)"},
+        "preprocessing": spec.to_json(),
+        "input": {"name": "input", "dtype": "float32", "shape": ["N", 3, spec.size, spec.size]},
+        "output": {"name": "logits", "dtype": "float32", "shape": ["N", 1, spec.size, spec.size],
+                   "kind": "logits", "activation": "sigmoid", "threshold": threshold},
+        "artifacts": {"torchscript": {
+            "file": ts_path.name, "format": "torchscript", "precision": "fp32", "device": "cpu",
+            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "dynamic": {"batch": True, "spatial": True}, "export_seconds": None, "parity": None}},
+        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
+    }
+    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,15 +162,27 @@ def main(argv: list[str] | None = None) -> int:
                 for h, w in ((other, longest), (longest, other)):
                     resized.append([h, w, size, *s.resized_shape(h, w)])
 
-    # The artifact folder: a frozen TorchScript U-Net/resnet18 with random weights.
-    model_dir = out / "model"
-    model_dir.mkdir(exist_ok=True)
+    # The artifact folder: a U-Net/resnet18 with random weights, exported by the project's own
+    # exporter (`python -m export trace` on a minimal logdir) when it is there, else traced and
+    # frozen here with a manifest written per docs/manifest.md.
     model = build_model(arch="Unet", encoder_name="resnet18").eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(model, torch.randn(1, 3, spec.size, spec.size))
-    frozen = torch.jit.freeze(traced)
-    ts_path = model_dir / "model.torchscript.pt"
-    frozen.save(str(ts_path))
+    # A random network is not a car detector: pick the threshold at the median probability,
+    # so that the masks are about half foreground and parity is not trivially all zeros.
+    with torch.inference_mode():
+        eager_logits = model(preprocess_batch(tensors, spec))
+        probs = torch.cat([torch.sigmoid(postprocess_logits(eager_logits[i], (e["h"], e["w"]),
+                                                            spec)).flatten()
+                           for i, e in enumerate(images)])
+    threshold = round(float(min(0.99, max(0.01, probs.median().item()))), 6)
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    source = export_with_tool(out, model, spec, threshold, model_dir)
+    if source is None:
+        source = "make_fixtures.py (torch.jit.trace + freeze)"
+        write_own_artifact(model, spec, threshold, model_dir)
+    ts_path = model_dir / json.loads((model_dir / "manifest.json").read_text())[
+        "artifacts"]["torchscript"]["file"]
 
     # Reference masks with the reference pipeline: preprocess_batch + jit.load + postprocess.
     ref_model = torch.jit.load(str(ts_path), map_location="cpu").eval()
@@ -114,35 +190,13 @@ def main(argv: list[str] | None = None) -> int:
         batch_logits = ref_model(preprocess_batch(tensors, spec))
         posts = [postprocess_logits(batch_logits[i], (e["h"], e["w"]), spec)
                  for i, e in enumerate(images)]
-    # A random network is not a car detector: pick the threshold at the median probability,
-    # so that the masks are about half foreground and parity is not trivially all zeros.
-    probs = torch.cat([torch.sigmoid(x).flatten() for x in posts])
-    threshold = float(min(0.99, max(0.01, probs.median().item())))
     for e, post in zip(images, posts):
         write_raw(out / f"{e['name']}.ref_logits.f32", post)
         write_raw(out / f"{e['name']}.ref_mask.u8", mask_from_logits(post, threshold))
 
-    data = ts_path.read_bytes()
-    manifest = {
-        "schema_version": 1,
-        "carseg_version": "0.1.0",
-        "created": "fixture",
-        "model": {"arch": "Unet", "encoder_name": "resnet18", "classes": 1, "in_channels": 3,
-                  "parameters": sum(p.numel() for p in model.parameters())},
-        "source": {"logdir": None, "checkpoint": None, "note": "random weights (test fixture)"},
-        "preprocessing": spec.to_json(),
-        "input": {"name": "input", "dtype": "float32", "shape": ["N", 3, spec.size, spec.size]},
-        "output": {"name": "logits", "dtype": "float32", "shape": ["N", 1, spec.size, spec.size],
-                   "kind": "logits", "activation": "sigmoid", "threshold": threshold},
-        "artifacts": {"torchscript": {
-            "file": ts_path.name, "format": "torchscript", "precision": "fp32", "device": "cpu",
-            "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-            "dynamic": {"batch": True, "spatial": True}, "export_seconds": None, "parity": None}},
-        "versions": {"torch": torch.__version__, "python": sys.version.split()[0]},
-    }
-    (model_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     cases = {"specs": {k: v.to_json() for k, v in specs.items()}, "images": images,
-             "resized": resized, "threshold": threshold, "torch_threads": torch.get_num_threads()}
+             "resized": resized, "threshold": threshold, "model_source": source,
+             "torch_threads": torch.get_num_threads()}
     (out / "cases.json").write_text(json.dumps(cases, indent=2) + "\n")
     (out / "stamp").write_text(stamp)
     return 0

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleave the runners this many times (fair on a shared machine)")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
@@ -54,18 +56,26 @@ def main(argv: list[str] | None = None) -> int:
                         encoder_name=manifest["model"]["encoder_name"]).eval()
     ts = torch.jit.load(str(args.model / manifest["artifacts"]["torchscript"]["file"]),
                         map_location="cpu").eval()
-    rows = {"pytorch_eager": median_ms(eager, x, args.iters, args.warmup),
-            "torchscript_python": median_ms(ts, x, args.iters, args.warmup)}
-    for name, extra in (("carseg_infer", []), ("carseg_infer_optimized", ["--optimize"])):
-        with tempfile.TemporaryDirectory() as d:
-            out = Path(d) / "bench.json"
-            subprocess.run([str(args.infer), "bench", "--model", str(args.model), "--batch", "1",
-                            "--iters", str(args.iters), "--warmup", str(args.warmup),
-                            "--threads", str(args.threads), "--json", str(out), *extra],
-                           check=True, capture_output=True)
-            rows[name] = json.loads(out.read_text())["results"][0]["p50_ms"]
+    cpp_runs = [("carseg_infer", ["--backend", "torchscript"]),
+                ("carseg_infer_optimized", ["--backend", "torchscript", "--optimize"])]
+    if "aoti" in (manifest.get("artifacts") or {}):
+        cpp_runs.append(("carseg_infer_aoti", ["--backend", "aoti"]))
+    runs: dict[str, list[float]] = {"pytorch_eager": [], "torchscript_python": []}
+    runs.update({name: [] for name, _ in cpp_runs})
+    for _ in range(args.rounds):
+        runs["pytorch_eager"].append(median_ms(eager, x, args.iters, args.warmup))
+        runs["torchscript_python"].append(median_ms(ts, x, args.iters, args.warmup))
+        for name, extra in cpp_runs:
+            with tempfile.TemporaryDirectory() as d:
+                out = Path(d) / "bench.json"
+                subprocess.run([str(args.infer), "bench", "--model", str(args.model), "--batch",
+                                "1", "--iters", str(args.iters), "--warmup", str(args.warmup),
+                                "--threads", str(args.threads), "--json", str(out), *extra],
+                               check=True, capture_output=True)
+                runs[name].append(json.loads(out.read_text())["results"][0]["p50_ms"])
+    rows = {k: statistics.median(v) for k, v in runs.items()}
     result = {"input": [1, 3, size, size], "threads": args.threads, "iters": args.iters,
-              "median_ms": rows, "torch": torch.__version__}
+              "median_ms": rows, "per_round_median_ms": runs, "rounds": args.rounds, "torch": torch.__version__}
     for k, v in rows.items():
         sys.stdout.write(f"{k:24s} {v:8.2f} ms\n")
     if args.json:
