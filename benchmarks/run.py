@@ -100,13 +100,13 @@ def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: 
     for row in result.get("results", []):
         cell = {"size": size, "batch": row["batch"], "p50_ms": row["p50_ms"],
                 "p90_ms": row["p90_ms"], "p99_ms": row["p99_ms"],
-                "throughput_img_s": row["throughput_img_s"],
+                "throughput_img_s": row["images_per_second"],
                 "cuda_graphs": row.get("cuda_graphs", False)}
         if size in flops:
             cell["achieved_tflops"] = flops[size] * cell["throughput_img_s"] / 1e12
         entry["cells"].append(cell)
         log.info("  %-18s %4d px batch %-4d p50 %8.2f ms  %8.1f img/s", "carseg_infer", size,
-                 row["batch"], row["p50_ms"], row["throughput_img_s"])
+                 row["batch"], row["p50_ms"], cell["throughput_img_s"])
     return entry
 
 
@@ -191,6 +191,25 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
             else:
                 lines.append(f"| {r['pipeline']} | {r['images']} | {r['seconds']:.2f} | "
                              f"{r['images_per_s']:.2f} |")
+    sc = results.get("scale")
+    if sc and "skipped" not in sc:
+        ip = sc["in_process"]
+        lines += ["", f"Scaling out on {results['scale_input']} (loopback, local Ray with 2 "
+                  "CPUs, one replica; a request is decode + predict + PNG encode):", "",
+                  "| path | concurrency | requests | p50 ms | p99 ms | req/s |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |",
+                  f"| in-process (no server) | 1 | {ip['requests']} | {ip['p50_ms']:.1f} | "
+                  f"{ip['p99_ms']:.1f} | {ip['throughput_rps']:.1f} |"]
+        for r in sc["served"]:
+            lines.append(f"| Ray Serve | {r['concurrency']} | {r['requests']} | "
+                         f"{r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['throughput_rps']:.1f} |")
+        lines += ["", "| carseg batch workers | images | images/s (pipeline) | "
+                  "seconds incl. Ray start |", "| ---: | ---: | ---: | ---: |"]
+        for r in sc["batch"]:
+            lines.append(f"| {r['workers']} | {r['images']} | {r['images_per_s']:.2f} | "
+                         f"{r['seconds_with_ray_start']:.1f} |")
+    elif sc:
+        lines += ["", f"Scaling out: skipped: {sc['skipped']}"]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -253,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e2e", type=Path, metavar="DIR",
                    help="also run the end-to-end comparison on this folder of JPEGs "
                         "(e.g. `carseg synth --size 1280x1918`'s train/)")
+    p.add_argument("--scale", type=Path, metavar="DIR",
+                   help="also benchmark Ray Serve (concurrency 1/8/32 vs in-process) and "
+                        "`carseg batch` (1 and 2 workers) on this folder of photos")
     p.add_argument("--out", type=Path, help="results folder (default results/<device-slug>)")
     return p
 
@@ -313,6 +335,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work:
             results["end_to_end"] = end_to_end(args.artifacts, args.e2e, device, Path(work))
         results["end_to_end_input"] = str(args.e2e)
+    if args.scale:
+        from benchmarks import scale
+
+        photos = sorted(p for p in args.scale.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+        log.info("scaling out (Ray Serve, Ray Data) on %d photos from %s", len(photos),
+                 args.scale)
+        results["scale"] = scale.run(args.artifacts, photos, args.quick)
+        results["scale_input"] = str(args.scale)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     plots = write_plots(results, out)
