@@ -26,8 +26,8 @@ def _find_infer() -> Path | None:
 
 
 INFER = _find_infer()
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(INFER is None, reason="carseg_infer is not built (pip install -e .)")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    INFER is None, reason="carseg_infer is not built (pip install -e .)")]
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,8 @@ def test_masks_match_python_reference(fixtures: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     for e in cases["images"]:
         ours = np.asarray(Image.open(out / f"{e['name']}_mask.png")) > 0
-        ref = np.fromfile(fixtures / f"{e['name']}.ref_mask.u8", np.uint8).reshape(e["h"], e["w"]) > 0
+        raw = np.fromfile(fixtures / f"{e['name']}.ref_mask.u8", np.uint8)
+        ref = raw.reshape(e["h"], e["w"]) > 0
         union = (ours | ref).sum()
         assert union == 0 or (ours & ref).sum() / union >= 0.999, e["name"]
         cut = Image.open(out / f"{e['name']}_cutout.png")

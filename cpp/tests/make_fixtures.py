@@ -109,18 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     out: Path = args.out
-    stamp = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    # Regenerate when this script, the reference preprocessing, the models or the exporter change.
+    h = hashlib.sha256()
+    for f in [Path(__file__), ROOT / "python" / "carseg" / "preprocess.py",
+              ROOT / "python" / "carseg" / "models.py", *sorted((ROOT / "export").glob("*.py"))]:
+        if f.is_file():
+            h.update(f.read_bytes())
+    stamp = h.hexdigest()
     if (out / "stamp").is_file() and (out / "stamp").read_text() == stamp:
         return 0
     out.mkdir(parents=True, exist_ok=True)
 
-    import numpy as np
     import torch
     from PIL import Image
 
     from carseg.models import build_model
-    from carseg.preprocess import (PreprocessSpec, mask_from_logits, postprocess_logits,
-                                   preprocess, preprocess_batch)
+    from carseg.preprocess import (
+        PreprocessSpec,
+        mask_from_logits,
+        postprocess_logits,
+        preprocess,
+        preprocess_batch,
+    )
 
     torch.manual_seed(0)
     specs = {
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(7)
     logits = torch.randn(1, spec.size, spec.size, generator=g) * 3
     write_raw(out / "logits_a.f32", logits)
-    for e, t in zip(images, tensors):
+    for e in images:
         post = postprocess_logits(logits, (e["h"], e["w"]), spec)
         write_raw(out / f"{e['name']}.post_a.f32", post)
         write_raw(out / f"{e['name']}.postmask_a.u8", mask_from_logits(post, 0.5))
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_logits = ref_model(preprocess_batch(tensors, spec))
         posts = [postprocess_logits(batch_logits[i], (e["h"], e["w"]), spec)
                  for i, e in enumerate(images)]
-    for e, post in zip(images, posts):
+    for e, post in zip(images, posts, strict=True):
         write_raw(out / f"{e['name']}.ref_logits.f32", post)
         write_raw(out / f"{e['name']}.ref_mask.u8", mask_from_logits(post, threshold))
 

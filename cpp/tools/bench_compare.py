@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(json.loads(out.read_text())["results"][0]["p50_ms"])
     rows = {k: statistics.median(v) for k, v in runs.items()}
     result = {"input": [1, 3, size, size], "threads": args.threads, "iters": args.iters,
-              "median_ms": rows, "per_round_median_ms": runs, "rounds": args.rounds, "torch": torch.__version__}
+              "median_ms": rows, "per_round_median_ms": runs, "rounds": args.rounds,
+              "torch": torch.__version__}
     for k, v in rows.items():
         sys.stdout.write(f"{k:24s} {v:8.2f} ms\n")
     if args.json:
