@@ -270,6 +270,13 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
     }
     const ArtifactEntry& a = m.manifest.artifact(ts);
     m.manifest.verify_artifact(ts);
+    if (a.precision == "fp16" && !m.device.is_cuda()) {
+      throw Error(m.manifest.artifact_path(ts).string(),
+                  "an fp16 artifact needs a CUDA device; export an fp32 folder for the CPU");
+    }
+    if (a.precision == "fp16" && options.precision == Precision::kFp32) {
+      log_line("the TorchScript artifact is fp16 (the folder's precision): running fp16");
+    }
     TorchScriptOptions ts_options;
     ts_options.file_dtype = a.precision == "fp16" ? torch::kHalf : torch::kFloat32;
     ts_options.autocast_fp16 = options.precision == Precision::kFp16 && a.precision != "fp16";

@@ -6,6 +6,7 @@
 #include "carseg/error.h"
 #include "carseg/image_io.h"
 #include "carseg/predictor.h"
+#include "carseg/sha256.h"
 #include "test_util.h"
 
 namespace {
@@ -106,6 +107,25 @@ TEST(Predictor, RefusesTamperedModelWithBothHashes) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("model.torchscript.pt"), std::string::npos) << msg;
     EXPECT_NE(msg.find("sha256 mismatch"), std::string::npos) << msg;
+  }
+}
+
+TEST(Predictor, Fp16ArtifactOnCpuIsAClearError) {
+  CARSEG_REQUIRE_FIXTURES();
+  carseg::test::TempDir dir;
+  std::ifstream in(fixtures() / "model" / "manifest.json");
+  json m = json::parse(in);
+  carseg::test::write_bytes(dir / "model.torchscript.pt", "half");
+  m["artifacts"] = {{"torchscript", {{"file", "model.torchscript.pt"}, {"format", "torchscript"},
+                                     {"precision", "fp16"}, {"device", "cuda"},
+                                     {"sha256", carseg::sha256_hex("half")}}}};
+  carseg::test::write_bytes(dir / "manifest.json", m.dump());
+  try {
+    const carseg::Predictor p(dir.path());
+    FAIL() << "expected carseg::Error";
+  } catch (const carseg::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fp16 artifact needs a CUDA device"), std::string::npos)
+        << e.what();
   }
 }
 
