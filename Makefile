@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD := build/py
 DEBS := libstb-dev libturbojpeg0-dev libgtest-dev nlohmann-json3-dev
-CPP_SOURCES := $(shell find cpp -type f 2>/dev/null) CMakeLists.txt pyproject.toml
+CPP_SOURCES := $(shell find cpp cmake -type f -not -name "*.pyc" 2>/dev/null) CMakeLists.txt pyproject.toml
 DATA ?=
 export OMP_NUM_THREADS ?= 2
 
@@ -55,7 +55,7 @@ test-py: setup
 
 test-cpp: setup
 	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then \
-	  $(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure; \
+	  $(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure -j2; \
 	else echo "no C++ tests built yet"; fi
 
 demo: setup
