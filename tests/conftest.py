@@ -56,3 +56,17 @@ def tiny_artifacts(tiny_logdir: Path, tiny_data: Path, tmp_path_factory: pytest.
                       "torchscript,onnx", "--images", str(tiny_data / "dataset_valid.csv")])
     assert rc == 0, "export all failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts_all(tiny_artifacts: Path, tiny_logdir: Path,
+                       tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_artifacts plus model.pt2 (AOTInductor): the suite's one AOTI compile."""
+    import shutil
+
+    from export.api import export_artifact
+
+    out = tmp_path_factory.mktemp("tiny_artifacts_all") / "art"
+    shutil.copytree(tiny_artifacts, out)
+    export_artifact("aoti", tiny_logdir, out)
+    return out

@@ -30,8 +30,9 @@ def fp32_dir(tiny_artifacts: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def aoti_dir(tmp_path_factory, tiny_logdir: Path) -> Path:
-    return exported(tmp_path_factory, tiny_logdir, "aoti", ("aoti",))
+def aoti_dir(tiny_artifacts_all: Path) -> Path:
+    """conftest's session folder with model.pt2 beside the fp32 TorchScript and ONNX files."""
+    return tiny_artifacts_all
 
 
 # ---- the manifest describes the files ----------------------------------------------------------

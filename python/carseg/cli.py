@@ -118,6 +118,23 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
 
 
+def cmd_cutout(args: argparse.Namespace) -> int:
+    from carseg.cutout import run_cutout
+    from carseg.predictor import open_predictor
+
+    predictor = open_predictor(args.model, backend=args.backend, device=args.device,
+                               precision=args.precision, threshold=args.threshold)
+    report = run_cutout(args.inputs, predictor, args.output, background=args.background,
+                        workers=args.workers)
+    for f in report.failed:
+        msg = f["reason"] if f["reason"].startswith(f["path"]) else f"{f['path']}: {f['reason']}"
+        sys.stderr.write(f"carseg cutout: error: {msg}\n")
+    log.info("%d image(s) cut out, %d failed, %.2f images/s (%s backend) -> %s",
+             len(report.done), len(report.failed), report.images_per_s, args.backend,
+             args.output)
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="carseg", description="Car segmentation: data, training, and (see `python -m "
@@ -169,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="PNG to write (and .html beside it)")
     s.add_argument("--title", default="", help="a line of context for the HTML page")
     s.set_defaults(func=cmd_gallery)
+
+    s = sub.add_parser("cutout", help="remove the background: masks and cutouts at full size",
+                       epilog="example: carseg cutout photos/ --model demo/artifacts --output "
+                              "cutouts/ --background transparent")
+    s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
+    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
+    s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
+    s.add_argument("--backend", choices=["native", "torchscript", "onnx", "aoti"],
+                   default="torchscript",
+                   help="native: the C++ core (carseg._native); others run the artifact in Python")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    s.add_argument("--threshold", type=float, help="override the manifest's threshold")
+    s.add_argument("--background", choices=["white", "transparent"], default="white")
+    s.add_argument("--workers", type=int, default=2, help="decode/encode threads")
+    s.set_defaults(func=cmd_cutout)
 
     s = sub.add_parser("serve", help="HTTP serving on Ray Serve (extra `scale`)",
                        epilog="example: carseg serve --model demo/artifacts --replicas 2 && "
