@@ -26,22 +26,31 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def tiny_logdir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real Catalyst run of the demo config: 1 epoch at image size 64 on tiny_data.
+def tiny_run_config(data: Path, logdir: Path) -> dict:
+    """The demo config cut down for tests: 1 epoch at 64 px, no loader workers, and no random
+    augmentation, so that with the seeded initial weights the run is the same every time."""
+    from carseg.train import prepare_config
 
-    Holds config.resolved.yml, checkpoints/model.best.pth and summary.json.
-    """
-    from carseg.train import prepare_config, run_config
-
-    logdir = tmp_path_factory.mktemp("tiny_run") / "logs"
-    config = prepare_config([TRAIN_YML], logdir=logdir, data=tiny_data, epochs=1, image_size=64)
+    config = prepare_config([TRAIN_YML], logdir=logdir, data=data, epochs=1, image_size=64)
     step = config["run"][0]
     step["verbose"] = False
     for loader in step["loaders"].values():  # no worker processes in tests: faster to start
         loader["num_workers"] = 0
         loader.pop("persistent_workers", None)
-    run_config(config)
+    step["loaders"]["train"]["dataset"]["transforms"]["stage"] = "valid"
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_logdir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real Catalyst run of the demo config (see tiny_run_config) on tiny_data.
+
+    Holds config.resolved.yml, checkpoints/model.best.pth and summary.json.
+    """
+    from carseg.train import run_config
+
+    logdir = tmp_path_factory.mktemp("tiny_run") / "logs"
+    run_config(tiny_run_config(tiny_data, logdir))
     return logdir
 
 

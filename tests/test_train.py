@@ -50,6 +50,18 @@ def test_one_epoch_run_writes_checkpoint_config_and_summary(tiny_logdir: Path) -
     assert summary["best_epoch"] == 1 and summary["num_epochs"] == 1
 
 
+def test_same_config_same_model(tiny_data: Path, tiny_logdir: Path, tmp_path: Path) -> None:
+    """Seeded initial weights + Catalyst's seed: a rerun gives the same weights, bit for bit."""
+    from conftest import tiny_run_config
+
+    from carseg.train import run_config
+
+    run_config(tiny_run_config(tiny_data, tmp_path / "again"))
+    a = torch.load(tiny_logdir / "checkpoints" / "model.best.pth", map_location="cpu")
+    b = torch.load(tmp_path / "again" / "checkpoints" / "model.best.pth", map_location="cpu")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _tiny_config_file(tmp_path: Path, data: Path, epochs: int) -> Path:
     config = prepare_config([CONFIGS / "train.yml"], logdir=tmp_path / "logs", data=data,
                             epochs=epochs, image_size=64)
