@@ -33,12 +33,12 @@ $(VENV)/.debs:
 $(VENV)/.deps: requirements/base.txt requirements/build.txt requirements/test.txt requirements/scale.txt | $(VENV)/.debs
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "== pip install (pinned)"
-	@$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP) install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
 	@$(PIP) install -q -r requirements/base.txt -r requirements/build.txt -r requirements/test.txt \
-	  -r requirements/scale.txt \
-	  2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import torch, catalyst, segmentation_models_pytorch, albumentations" \
-	  || { echo "package install failed"; exit 1; }
+	  -r requirements/scale.txt 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
+	@$(PY) -c "import torch, torchvision, catalyst, segmentation_models_pytorch, albumentations, \
+	  onnx, onnxruntime, onnxscript, pybind11, pytest, ray.serve, ray.data, tritonclient.grpc" \
+	  || { echo "package install failed: an import above did not work"; exit 1; }
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(CPP_SOURCES)
@@ -54,9 +54,9 @@ test-py: setup
 	$(PY) -m pytest -q
 
 test-cpp: setup
-	@if [ -f $(BUILD)/CTestTestfile.cmake ]; then \
-	  $(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure -j2; \
-	else echo "no C++ tests built yet"; fi
+	@test -f $(BUILD)/CTestTestfile.cmake || { echo "no C++ tests in $(BUILD): the build did not \
+	  configure them (rm $(VENV)/.installed and run make test again)"; exit 1; }
+	$(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure -j2
 
 demo: setup
 	@$(PY) -m carseg.demo $(if $(DATA),--data $(DATA),)

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 
-
 def load_manifest(artifacts: Path) -> dict[str, Any]:
     path = artifacts / "manifest.json"
     if not path.is_file():

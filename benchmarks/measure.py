@@ -10,6 +10,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,7 +117,7 @@ def measure_peak(device: torch.device, seconds: float = 2.0) -> dict[str, float]
     for dt in dtypes:
         a = torch.randn(n, n, device=device, dtype=dt)
         b = torch.randn(n, n, device=device, dtype=dt)
-        t = time_calls(lambda: torch.mm(a, b), batch=1, iters=50, warmup=2, device=device,
+        t = time_calls(lambda a=a, b=b: torch.mm(a, b), batch=1, iters=50, warmup=2, device=device,
                        max_seconds=seconds)
         out[f"matmul_{str(dt).split('.')[-1]}_tflops"] = 2 * n ** 3 / (t.p50 / 1000) / 1e12
     src = torch.empty(64 * 2 ** 20 if device.type == "cpu" else 512 * 2 ** 20,
@@ -143,7 +144,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def _cpu_name() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
+        with Path("/proc/cpuinfo").open() as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

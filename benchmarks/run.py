@@ -63,7 +63,7 @@ def run_backend(backend: B.Backend, x_by_size: dict[int, torch.Tensor],
                 out = backend(x)
                 cell.update(M.parity(ref_by_size[size][:batch], out,
                                      backend.manifest["output"].get("threshold", 0.5)))
-                t = M.time_calls(lambda: backend(x), batch=batch, iters=iters, warmup=warmup,
+                t = M.time_calls(lambda x=x: backend(x), batch=batch, iters=iters, warmup=warmup,
                                  device=dev, max_seconds=max_seconds)
             except Exception as e:
                 cell["error"] = f"{e.__class__.__name__}: {str(e)[:300]}"

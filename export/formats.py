@@ -179,22 +179,18 @@ def write_onnx(model: torch.nn.Module, path: Path, size: int, device: torch.devi
 
 
 def _ort_runner(path: Path, device: torch.device):
-    import onnxruntime as ort
+    """The reference predictor's ONNX Runtime runner; on the CPU when this onnxruntime has
+    no CUDA provider (the check is of the file, not of the provider)."""
+    from carseg.inference import load_backend
 
-    providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
+        import onnxruntime as ort
+
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             log.warning("onnxruntime has no CUDA provider here; checking the ONNX file on CPU")
-        else:
-            providers.insert(0, "CUDAExecutionProvider")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=providers)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(["logits"], {"input": x.cpu().numpy()})[0])
-
-    return run
+            run = load_backend(path, "onnx", "cpu")
+            return lambda x: run(x.cpu())
+    return load_backend(path, "onnx", device)
 
 
 # ---- AOTInductor ------------------------------------------------------------------------------

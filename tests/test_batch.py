@@ -106,4 +106,4 @@ def test_unwritable_output_is_a_clear_error(photos: Path, tiny_artifacts: Path,
                            "--output", str(blocker / "out")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
-    assert "output folder cannot be written" in proc.stderr
+    assert "cannot create the output folder (a file is in the way)" in proc.stderr

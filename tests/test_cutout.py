@@ -85,7 +85,7 @@ def test_bad_files_are_reported_and_the_rest_written(photos: Path, tiny_artifact
     gray = np.zeros((40, 60), np.uint8)
     gray[10:30, 20:40] = 200
     Image.fromarray(gray).save(photos / "gray.png")
-    Image.fromarray((gray.astype(np.uint16) * 257)).save(photos / "deep16.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(photos / "deep16.png")
     out = tmp_path / "out"
     assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
                  str(out)]) == 1
@@ -106,7 +106,16 @@ def test_unwritable_output_and_missing_backend(photos: Path, tiny_artifacts: Pat
     blocker.write_text("x")
     assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
                  str(blocker / "out")]) == 2
-    assert "output folder cannot be written" in capsys.readouterr().err
+    assert "cannot create the output folder (a file is in the way)" in capsys.readouterr().err
     assert main(["cutout", str(photos), "--model", str(tmp_path), "--output",
                  str(tmp_path / "o")]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_output_inside_the_input_folder_is_not_read_back(photos: Path, tiny_artifacts: Path
+                                                         ) -> None:
+    for _ in range(2):  # the second run must not segment the first run's masks and cutouts
+        assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
+                     str(photos)]) == 0
+    names = sorted(p.name for p in photos.iterdir())
+    assert len(names) == 4 * 3 and not [n for n in names if "_mask_" in n or "_cutout_" in n]

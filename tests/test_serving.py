@@ -21,7 +21,15 @@ from PIL import Image
 ray = pytest.importorskip("ray", reason="the `scale` extra (ray[serve]) is not installed")
 serve = pytest.importorskip("ray.serve", reason="ray[serve] is not installed")
 
-PORT = 8765
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+PORT = _free_port()
 URL = f"http://127.0.0.1:{PORT}"
 
 
@@ -58,13 +66,13 @@ def server(tiny_artifacts: Path):
                     batch_wait_ms=50)
     serve.run(app, name="carseg", route_prefix="/")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    healthy = False
+    while time.monotonic() < deadline and not healthy:
         try:
-            if _get("/healthz")[0] == 200:
-                break
+            healthy = _get("/healthz")[0] == 200
         except OSError:
-            pass
-        time.sleep(0.5)
+            time.sleep(0.5)
+    assert healthy, "the Serve app did not answer /healthz within 120 s"
     yield tiny_artifacts
     serve.shutdown()
     ray.shutdown()
@@ -75,7 +83,6 @@ def photos(tiny_data: Path) -> list[tuple[bytes, np.ndarray]]:
     """(JPEG bytes, the reference predictor's mask) for a few held-out photos."""
     from carseg.data import read_csv
     from carseg.imageio import read_rgb
-    from carseg.inference import ReferencePredictor
 
     out = []
     for image, _ in read_csv(tiny_data / "dataset_valid.csv")[:4]:
@@ -92,7 +99,7 @@ def _reference(server: Path, photos) -> list[np.ndarray]:
 
 def test_served_mask_equals_reference(server: Path, photos) -> None:
     expected = _reference(server, photos)
-    for (body, _, rgb), want in zip(photos, expected):
+    for (body, _, rgb), want in zip(photos, expected, strict=True):
         status, data = _post("/v1/segment", body)
         assert status == 200
         got = _png_mask(data)
@@ -145,6 +152,38 @@ def test_bad_input_gets_its_code_and_server_survives(server: Path, photos, body,
     assert _get("/healthz")[0] == 200
 
 
+def test_oversized_body_is_refused_before_it_is_read(server: Path) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    conn.putrequest("POST", "/v1/segment")
+    conn.putheader("Content-Type", "image/jpeg")
+    conn.putheader("Content-Length", str(1 << 30))  # announces 1 GiB, sends 1 KiB
+    conn.endheaders()
+    conn.send(b"\xff" * 1024)
+    r = conn.getresponse()
+    assert r.status == 413 and b"byte limit" in r.read()
+    conn.close()
+    assert _get("/healthz")[0] == 200
+
+
+def test_a_folder_the_replicas_cannot_load_is_refused_up_front(tiny_artifacts: Path,
+                                                               tmp_path: Path) -> None:
+    import shutil
+
+    from carseg.errors import CarsegError
+    from carseg.serving import build_app
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifacts, art)
+    with (art / "model.torchscript.pt").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(CarsegError, match="model.torchscript.pt: sha256 mismatch"):
+        build_app(art)
+    with pytest.raises(ValueError, match="no 'aoti' artifact"):
+        build_app(tiny_artifacts, backend="aoti")
+
+
 def test_routes_and_query_errors(server: Path, photos) -> None:
     assert _get("/v1/nope")[0] == 404
     assert _get("/v1/segment")[0] == 405
@@ -176,10 +215,12 @@ def test_killing_a_replica_loses_no_retried_request(server: Path, photos) -> Non
         ray.kill(victim, no_restart=True)
         assert all(f.result(timeout=300) for f in futures)
     deadline = time.monotonic() + 120  # Serve brings the replica count back
+    alive: list = []
     while time.monotonic() < deadline:
-        alive = [a for a in ray.util.list_named_actors(all_namespaces=True)
+        alive = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                  if "SERVE_REPLICA" in a["name"] and "carseg" in a["name"]]
-        if len(alive) == 2:
+        if len(alive) == 2 and replicas[0]["name"] not in alive:
             break
         time.sleep(1)
+    assert len(alive) == 2 and replicas[0]["name"] not in alive, alive
     assert _post("/v1/segment", photos[0][0])[0] == 200

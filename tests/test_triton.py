@@ -62,7 +62,7 @@ def test_repository_configs_match_the_models(tiny_artifacts: Path, tmp_path: Pat
         y = module(x)
     assert y.dtype == TYPE_OF[pb.DataType.Name(c.output[0].data_type)]
     assert len(c.output[0].dims) == y.ndim - 1
-    for declared, got in zip(c.output[0].dims, y.shape[1:]):
+    for declared, got in zip(c.output[0].dims, y.shape[1:], strict=True):
         assert declared in (-1, got)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from carseg.errors import CarsegError
+from carseg.outputs import prepare_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,21 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 CUTOUT_SUFFIX = {"white": ".jpg", "transparent": ".png"}
 
 
-def list_photos(inputs: list[Path]) -> tuple[list[Path], list[dict[str, str]]]:
-    """Photos named or found (not recursively) in folders; missing inputs are failures."""
+def list_photos(inputs: list[Path], output: Path | None = None
+                ) -> tuple[list[Path], list[dict[str, str]]]:
+    """Photos named or found (not recursively) in folders; missing inputs are failures.
+
+    In a folder that is also the output folder, carseg's own outputs (`*_mask.*`,
+    `*_cutout.*`) are not photos: a second run must not segment the first run's cutouts.
+    """
+    out_dir = output.resolve() if output is not None else None
     photos, failed = [], []
     for p in inputs:
         if p.is_dir():
+            ours = out_dir is not None and p.resolve() == out_dir
             photos += sorted(q for q in p.iterdir()
-                             if q.is_file() and q.suffix.lower() in PHOTO_SUFFIXES)
+                             if q.is_file() and q.suffix.lower() in PHOTO_SUFFIXES
+                             and not (ours and q.stem.endswith(("_mask", "_cutout"))))
         elif p.is_file():
             photos.append(p)
         else:
@@ -79,7 +88,8 @@ class _PredictActor:
         masks: list[np.ndarray] = [np.zeros((1, 1), np.uint8)] * len(images)
         if good:
             try:
-                for i, m in zip(good, self.predictor.predict_batch([images[i] for i in good])):
+                predicted = self.predictor.predict_batch([images[i] for i in good])
+                for i, m in zip(good, predicted, strict=True):
                     masks[i] = np.asarray(m, np.uint8)
             except Exception as e:  # the whole batch failed: say so for each photo
                 for i in good:
@@ -101,7 +111,7 @@ def _write(row: dict[str, Any], output: str, cutout: str) -> dict[str, Any]:
         if cutout != "none":
             data.append(encode_cutout(row["image"], row["mask"], cutout)[0])
         # the mask last: a photo counts as done only once every output exists
-        for path, blob in reversed(list(zip(outs, data))):
+        for path, blob in reversed(list(zip(outs, data, strict=True))):
             write_atomic(path, blob)
     except OSError as e:
         return {"path": row["path"], "status": "failed", "reason": f"writing outputs: {e}"}
@@ -140,18 +150,13 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         raise ValueError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
     if not (model_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{model_dir / 'manifest.json'}: not an artifact folder")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".carseg_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CarsegError(f"{output}: output folder cannot be written ({e.strerror})") from None
-    for stale in output.glob(".*.tmp"):  # left by an interrupted run; never an output
+    prepare_out_dir(output)
+    # temporaries left by an interrupted run are never outputs (one job per output folder)
+    for stale in output.glob(".*.tmp*"):
         stale.unlink(missing_ok=True)
 
     report = Report()
-    photos, report.failed = list_photos(inputs)
+    photos, report.failed = list_photos(inputs, output)
     todo = []
     for p in photos:
         if all(o.is_file() for o in outputs_for(p, output, cutout)):
@@ -196,6 +201,6 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
 
 
 def write_report(report: Report, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n")
-    tmp.replace(path)
+    from carseg.outputs import write_atomic
+
+    write_atomic(path, (json.dumps(report.to_json(), indent=2) + "\n").encode())

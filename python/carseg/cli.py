@@ -248,8 +248,9 @@ def _message(e: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # force: each call (tests call main() many times) logs to the current stderr
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+                        format="%(message)s", stream=sys.stderr, force=True)
     try:
         return int(args.func(args))
     except (CarsegError, ValueError, FileNotFoundError, OSError) as e:

@@ -137,7 +137,8 @@ def validate(config: dict[str, Any], source: str = "config") -> None:
     accepted = set(inspect.signature(Runner.train).parameters) - {"self"}
     bad = sorted(set(step) - accepted - {"_call_"})
     if bad:
-        raise ConfigError(f"{source}: run.train: unknown key(s) {bad}; accepted: {sorted(accepted)}")
+        raise ConfigError(f"{source}: run.train: unknown key(s) {bad}; "
+                          f"accepted: {sorted(accepted)}")
     for key in ("model", "loaders", "logdir"):
         if key not in step:
             raise ConfigError(f"{source}: run.train: missing `{key}`")

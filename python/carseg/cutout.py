@@ -21,6 +21,7 @@ import numpy as np
 
 from carseg.batch import list_photos
 from carseg.errors import CarsegError
+from carseg.outputs import prepare_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,6 @@ class CutoutReport:
     @property
     def images_per_s(self) -> float:
         return len(self.done) / self.seconds if self.seconds > 0 else 0.0
-
-
-def _check_output(output: Path) -> None:
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".carseg_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CarsegError(f"{output}: output folder cannot be written "
-                          f"({e.strerror or e})") from None
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -67,8 +57,8 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
         raise ValueError(f"--background: expected white or transparent, got {background!r}")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
-    _check_output(output)
-    photos, failed = list_photos(inputs)
+    prepare_out_dir(output)
+    photos, failed = list_photos(inputs, output)
     report = CutoutReport(failed=failed)
     bar = None
     if progress:
@@ -76,9 +66,13 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
 
         bar = tqdm(total=len(photos), unit="img", file=sys.stderr, disable=not sys.stderr.isatty())
     t0 = time.monotonic()
-    with ThreadPoolExecutor(workers, thread_name_prefix="carseg-io") as pool:
+    # Separate pools, both bounded: decodes run ahead of the predictor by at most 2*workers
+    # photos, and at most 2*workers finished photos wait to be written (each holds a
+    # full-resolution image), however fast the predictor is.
+    with ThreadPoolExecutor(workers, thread_name_prefix="carseg-decode") as decoders, \
+            ThreadPoolExecutor(workers, thread_name_prefix="carseg-write") as writers:
         decodes: deque[tuple[Path, Future]] = deque()
-        writes: list[tuple[Path, Future]] = []
+        writes: deque[tuple[Path, Future]] = deque()
         todo = iter(photos)
 
         def refill() -> None:
@@ -86,7 +80,15 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
                 p = next(todo, None)
                 if p is None:
                     return
-                decodes.append((p, pool.submit(_decode, p)))
+                decodes.append((p, decoders.submit(_decode, p)))
+
+        def finish_write() -> None:
+            path, fut = writes.popleft()
+            try:
+                fut.result()
+                report.done.append(str(path))
+            except (OSError, RuntimeError, ValueError) as e:
+                report.failed.append({"path": str(path), "reason": f"writing outputs: {e}"})
 
         refill()
         while decodes:
@@ -97,18 +99,15 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
                 mask = np.asarray(predictor.predict(rgb), dtype=np.uint8)
             except (CarsegError, OSError, ValueError, RuntimeError) as e:
                 report.failed.append({"path": str(path), "reason": str(e)})
-                if bar is not None:
-                    bar.update(1)
-                continue
-            writes.append((path, pool.submit(_write, path, rgb, mask, output, background)))
+            else:
+                while len(writes) >= 2 * workers:
+                    finish_write()
+                writes.append((path, writers.submit(_write, path, rgb, mask, output,
+                                                    background)))
             if bar is not None:
                 bar.update(1)
-        for path, fut in writes:
-            try:
-                fut.result()
-                report.done.append(str(path))
-            except (OSError, RuntimeError, ValueError) as e:
-                report.failed.append({"path": str(path), "reason": f"writing outputs: {e}"})
+        while writes:
+            finish_write()
     if bar is not None:
         bar.close()
     report.seconds = time.monotonic() - t0

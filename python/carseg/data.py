@@ -46,7 +46,8 @@ class SegmentationDataset(Dataset):
     ToTensorV2. Each failure names the file and the reason.
     """
 
-    def __init__(self, csv_path: str | Path, transforms: Callable[..., dict[str, Any]] | None = None,
+    def __init__(self, csv_path: str | Path,
+                 transforms: Callable[..., dict[str, Any]] | None = None,
                  verify: bool = True) -> None:
         self.csv_path = Path(csv_path)
         self.rows = read_csv(self.csv_path)

@@ -34,7 +34,8 @@ class Steps:
         dt = time.monotonic() - t0
         self.times.append((name, dt))
         if proc.returncode != 0:
-            raise SystemExit(f"demo: step '{name}' failed (exit {proc.returncode}) after {dt:.0f} s")
+            raise SystemExit(f"demo: step '{name}' failed (exit {proc.returncode}) "
+                             f"after {dt:.0f} s")
         print(f"=== {name}: done in {dt:.1f} s", flush=True)
 
 
@@ -108,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("  verify (parity against eager PyTorch):")
         for name, a in arts.items():
             par = a.get("parity") or {}
-            print(f"    {name:<12} {a['precision']}  max|diff| {par.get('max_abs_diff', float('nan')):.1e}"
+            diff = par.get("max_abs_diff", float("nan"))
+            print(f"    {name:<12} {a['precision']}  max|diff| {diff:.1e}"
                   f"  IoU {par.get('mask_iou', float('nan')):.5f}  "
                   f"{'PASS' if par.get('passed') else 'not verified'}")
     bench_md = out / "bench" / "results.md"

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from carseg.errors import DataError
 
-MAX_PIXELS = 100_000_000  # 10k x 10k: far beyond any photo, far below what exhausts memory
+MAX_PIXELS = 80_000_000  # libcarseg's kDefaultMaxPixels: far beyond any photo, far below OOM
 
 
 class ImageTooLarge(DataError):
@@ -69,22 +69,28 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise DataError(f"{path}: corrupt or truncated image ({e})") from None
 
 
+def _on_white(rgba: np.ndarray) -> np.ndarray:
+    """Composite RGBA on white with libcarseg's integer formula, so both agree exactly."""
+    a = rgba[..., 3:4].astype(np.uint32)
+    rgb = rgba[..., :3].astype(np.uint32)
+    return ((rgb * a + 255 * (255 - a) + 127) // 255).astype(np.uint8)
+
+
 def to_rgb(img: Image.Image) -> np.ndarray:
-    """Any PIL mode -> HxWx3 uint8 RGB. 16-bit and float images are scaled, not clipped."""
+    """Any PIL mode -> HxWx3 uint8 RGB, as libcarseg decodes: 16-bit keeps the high byte
+    (v >> 8, as stb does), alpha is composited on white (as a browser shows it)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(np.round(a * 255.0 / top), 0, 255).astype(np.uint8)
+        a = np.asarray(img).astype(np.int64)
+        if img.mode.startswith("I;16") or a.max() > 255:
+            a = a >> 8
+        a = np.clip(a, 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
         a = np.clip(np.round(a * (255.0 if a.max() <= 1.0 else 1.0)), 0, 255).astype(np.uint8)
         return np.repeat(a[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Composite on white, as a browser would show it; the alpha is not the car.
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+        return _on_white(np.asarray(img.convert("RGBA")))
     return np.asarray(img.convert("RGB"))
 
 

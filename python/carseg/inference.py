@@ -68,8 +68,11 @@ def load_backend(path: str | Path, backend: str, device: str | torch.device = "c
 
         return run_ts
     if backend == "onnx":
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise CarsegError(f"{path}: onnxruntime is not installed ({e}); pip install "
+                              f"onnxruntime (CPU) or onnxruntime-gpu (CUDA)") from None
         providers = ["CPUExecutionProvider"]
         if dev.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

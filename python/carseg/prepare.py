@@ -46,7 +46,8 @@ def pair_files(datapath: Path) -> list[Pair]:
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DataError(f"{d}: folder missing (expected Carvana's layout: "
-                            f"{IMAGE_DIR}/<car>_<view>.jpg and {MASK_DIR}/<car>_<view>{MASK_SUFFIX})")
+                            f"{IMAGE_DIR}/<car>_<view>.jpg and "
+                            f"{MASK_DIR}/<car>_<view>{MASK_SUFFIX})")
     images = {p.stem: p for p in img_dir.iterdir()
               if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
     masks = {p.name[: -len(MASK_SUFFIX)]: p for p in mask_dir.iterdir()

@@ -15,6 +15,7 @@ A bad request never takes a replica down.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter
@@ -68,10 +69,15 @@ class Segmenter:
         self.batch_sizes[len(images)] += 1
         return [np.asarray(m, dtype=np.uint8) for m in self.predictor.predict_batch(images)]
 
+    async def predict_many_async(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        # On a worker thread: the replica's event loop keeps accepting requests (which join
+        # the next batch) and answering health checks while the model runs.
+        return await asyncio.to_thread(self.predict_many, images)
+
     async def predict_one(self, image: np.ndarray) -> np.ndarray:
         # The deployment replaces this with a @serve.batch version: callers still pass one
         # image and get one mask, while Ray Serve groups concurrent calls into one batch.
-        return self.predict_many([image])[0]
+        return (await self.predict_many_async([image]))[0]
 
     async def handle(self, method: str, path: str, query: dict[str, str],
                      content_type: str, body: bytes) -> tuple[int, str, bytes]:
@@ -122,12 +128,12 @@ class Segmenter:
             return err(400, str(e))
         try:
             mask = await self.predict_one(rgb)
-        except Exception as e:  # the replica survives a failing prediction and says why
-            log.exception("prediction failed")
+            if output == "mask":
+                return 200, "image/png", encode_mask_png(mask)
+            data, suffix = encode_cutout(rgb, mask, background)
+        except Exception as e:  # the replica survives a failing request and says why
+            log.exception("request failed")
             return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
-        if output == "mask":
-            return 200, "image/png", encode_mask_png(mask)
-        data, suffix = encode_cutout(rgb, mask, background)
         return 200, "image/jpeg" if suffix == ".jpg" else "image/png", data
 
 
@@ -140,34 +146,49 @@ def _deployment_class(max_batch: int, batch_wait_ms: float):
     class SegmenterDeployment(Segmenter):
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000.0)
         async def predict_one(self, images: list[np.ndarray]) -> list[np.ndarray]:
-            return self.predict_many(images)
+            return await self.predict_many_async(images)
 
         async def __call__(self, request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                # refused before the body is read into memory
+                return Response(f"body of {declared} bytes is over the {self.max_body_bytes} "
+                                f"byte limit\n", status_code=413, media_type="text/plain")
             body = await request.body() if request.method == "POST" else b""
             status, ctype, payload = await self.handle(
                 request.method, request.url.path.rstrip("/") or "/", dict(request.query_params),
                 request.headers.get("content-type", ""), body)
             return Response(payload, status_code=status, media_type=ctype)
 
-        def check_health(self) -> None:  # Ray Serve restarts a replica that fails this
-            if self.predictor is None:
-                raise RuntimeError("predictor not loaded")
-
     SegmenterDeployment.__name__ = "Segmenter"
     return SegmenterDeployment
 
 
+def check_artifacts(model_dir: Path, artifact: str) -> None:
+    """Refuse, here and now, a folder the replicas could not load (bad manifest, missing or
+    changed model file) instead of failing inside each replica later."""
+    from export.manifest import load_manifest, sha256_file
+
+    manifest = load_manifest(model_dir)
+    entry = manifest.artifact(artifact, source=str(model_dir / "manifest.json"))
+    path = model_dir / entry["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file named in the manifest not found")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise CarsegError(f"{path}: sha256 mismatch: manifest expects {entry['sha256']}, "
+                          f"file has {actual}")
+
+
 def build_app(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
               replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 10.0,
-              gpus_per_replica: float = 0.5, route_prefix: str = "/") -> Any:
+              gpus_per_replica: float = 0.5) -> Any:
     """The Serve application, for `serve.run(app)` or a Ray cluster's config file."""
     _require_ray()
     from ray import serve
 
     model_dir = Path(model_dir).resolve()
-    if not (model_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"{model_dir / 'manifest.json'}: not an artifact folder "
-                                f"(run `python -m export all` first)")
+    check_artifacts(model_dir, "torchscript" if backend == "native" else backend)
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
         raise ValueError(f"replicas and max_batch must be >= 1 and batch_wait_ms >= 0, got "
                          f"{replicas}, {max_batch}, {batch_wait_ms}")
@@ -194,7 +215,11 @@ def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> No
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     try:
-        serve.run(app, name="carseg", route_prefix="/")
+        try:
+            serve.run(app, name="carseg", route_prefix="/")
+        except RuntimeError as e:  # a replica failed to start: say why, in one line
+            raise CarsegError(f"{model_dir}: the Serve app did not start: "
+                              f"{str(e).strip().splitlines()[-1]}") from None
         log.info("serving %s on http://%s:%d (POST /v1/segment); Ctrl-C stops", model_dir,
                  host, port)
         while True:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
-from io import BytesIO
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -44,7 +44,8 @@ class CarStyle:
     roof: float  # roof height above the beltline
     clearance: float
     wheel_r: float
-    cabin: tuple[float, float, float, float]  # x of windshield base, roof front, roof back, rear base
+    # x of the windshield's base, the roof's front and back, the rear window's base
+    cabin: tuple[float, float, float, float]
     width: float  # car width, in car lengths
     wall: tuple[float, float, float]
     floor: tuple[float, float, float]

@@ -1,0 +1,114 @@
+"""carseg's C++ core (libcarseg) for Python; use it as carseg.Predictor.
+
+Built by the project's CMake (option CARSEG_BUILD_PYTHON, on under pip) from cpp/bindings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal, overload
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+import carseg.errors
+
+MAX_PIXELS: int
+"""Largest image (H * W) the core accepts: 80,000,000."""
+
+class CarsegError(carseg.errors.CarsegError):
+    """carseg::Error from the core: "<file>: <reason>". A carseg.CarsegError and a RuntimeError."""
+
+def cuda_available() -> bool:
+    """Whether this process can use a CUDA device (False on a CPU-only build or machine)."""
+
+_U8 = npt.NDArray[np.uint8]
+_F32 = npt.NDArray[np.float32]
+
+class Predictor:
+    """An exported artifact folder run by the C++ core (libcarseg).
+
+    Images are uint8 [H, W, 3] RGB: a C-contiguous numpy array (shared, not copied) or a torch
+    tensor on any device with any strides (shared). Numpy in gives numpy out; a tensor in gives
+    a CPU tensor out. Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError
+    ("image: expected uint8 [H, W, 3], got float32 [10, 10, 3]"); what the core refuses (a bad
+    model folder, sha256 mismatch, CUDA asked for and absent, an image over MAX_PIXELS):
+    CarsegError. Other C++ errors (torch's) arrive as RuntimeError with their message.
+
+    Thread safety: the GIL is released while the core works, and one Predictor may be called
+    from several threads at once. The model's forward pass runs one at a time (on CUDA the whole
+    call does); on the CPU one call's resize/normalize and resize-back/threshold overlap another
+    call's forward pass. Do not modify an input array from another thread while a call reads it.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        device: str = "cpu",
+        precision: Literal["fp32", "fp16"] = "fp32",
+        threshold: float | None = None,
+        backend: Literal["auto", "torchscript", "aoti"] = "auto",
+        cuda_graphs: bool = True,
+    ) -> None:
+        """Load model_dir (manifest.json + model file), check its sha256 and warm it up.
+
+        device "cpu", "cuda" or "cuda:N"; precision "fp16" needs CUDA; threshold in (0, 1)
+        overrides the manifest's; cuda_graphs: capture and replay a CUDA graph per batch shape
+        (CUDA only). Raises CarsegError.
+        """
+    @overload
+    def predict(self, image: _U8) -> _U8: ...
+    @overload
+    def predict(self, image: torch.Tensor) -> torch.Tensor: ...
+    def predict(self, image: _U8 | torch.Tensor) -> _U8 | torch.Tensor:
+        """uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}."""
+    @overload
+    def predict_proba(self, image: _U8) -> _F32: ...
+    @overload
+    def predict_proba(self, image: torch.Tensor) -> torch.Tensor: ...
+    def predict_proba(self, image: _U8 | torch.Tensor) -> _F32 | torch.Tensor:
+        """uint8 [H, W, 3] RGB -> float32 [H, W] car probability; predict is proba > threshold."""
+    def predict_batch(self, images: Sequence[_U8 | torch.Tensor]) -> list[Any]:
+        """Images of any sizes, run as one batch -> one mask each, at its image's size (numpy
+        for a numpy image, a CPU tensor for a tensor)."""
+    @overload
+    def cutout(self, image: _U8, background: Literal["white", "transparent"] = "white") -> _U8: ...
+    @overload
+    def cutout(
+        self, image: torch.Tensor, background: Literal["white", "transparent"] = "white"
+    ) -> torch.Tensor: ...
+    def cutout(
+        self, image: _U8 | torch.Tensor, background: Literal["white", "transparent"] = "white"
+    ) -> _U8 | torch.Tensor:
+        """The photo with its background removed, at the photo's size: "white" gives uint8
+        [H, W, 3] with background pixels 255; "transparent" gives uint8 [H, W, 4] RGBA, alpha 255
+        on the car and 0 elsewhere."""
+    @property
+    def input_size(self) -> int:
+        """Side of the square the model sees (pixels)."""
+    @property
+    def arch(self) -> str:
+        """Architecture from manifest.json (e.g. Unet)."""
+    @property
+    def encoder(self) -> str:
+        """Encoder from manifest.json (e.g. resnet18)."""
+    @property
+    def device(self) -> str:
+        """Device the model runs on: "cpu" or "cuda:N"."""
+    @property
+    def precision(self) -> str:
+        """Precision asked for: "fp32" or "fp16"."""
+    @property
+    def threshold(self) -> float:
+        """Mask threshold on the probability."""
+    @property
+    def backend(self) -> str:
+        """Runtime loaded: "torchscript" or "aoti"."""
+    @property
+    def manifest_path(self) -> os.PathLike[str]:
+        """manifest.json of the artifact folder (a pathlib.Path)."""
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json as a dict (read from the file on each access)."""
