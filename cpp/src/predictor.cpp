@@ -10,6 +10,7 @@
 
 #include "carseg/backend.h"
 #include "carseg/error.h"
+#include "carseg/image_io.h"
 #include "carseg/preprocess.h"
 
 #if defined(CARSEG_WITH_CUDA)
@@ -63,7 +64,34 @@ BackendKind parse_backend(const std::string& s) {
   throw Error("--backend", "expected auto, torchscript or aoti, got \"" + s + "\"");
 }
 
+Background parse_background(const std::string& s) {
+  if (s == "white") return Background::kWhite;
+  if (s == "transparent") return Background::kTransparent;
+  throw Error("background", "expected white or transparent, got \"" + s + "\"");
+}
+
+std::string to_string(Precision precision) {
+  return precision == Precision::kFp16 ? "fp16" : "fp32";
+}
+
 bool cuda_available() { return torch::cuda::is_available(); }
+
+torch::Tensor composite_cutout(const torch::Tensor& image, const torch::Tensor& mask,
+                               Background background) {
+  check_image(image);
+  if (mask.dim() != 2 || mask.size(0) != image.size(0) || mask.size(1) != image.size(1)) {
+    throw Error("mask", "expected shape [" + std::to_string(image.size(0)) + ", " +
+                            std::to_string(image.size(1)) + "] (the image's), got " +
+                            shape_of(mask.sizes()));
+  }
+  c10::InferenceMode guard;
+  const torch::Tensor rgb = image.to(torch::kCPU);
+  const torch::Tensor car = mask.to(torch::kCPU).ne(0).unsqueeze(-1);  // [H, W, 1] bool
+  if (background == Background::kWhite) {
+    return torch::where(car, rgb, torch::full({}, 255, rgb.options())).contiguous();
+  }
+  return torch::cat({rgb, car.to(torch::kUInt8).mul_(255)}, /*dim=*/-1);
+}
 
 struct Predictor::Impl {
   Manifest manifest;
@@ -195,24 +223,51 @@ struct Predictor::Impl {
     return logits;
   }
 
-  // Images -> logits [H, W] each, on the device.
-  std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images) {
+  // Per image: logits [H, W] at its own size -> what the caller returns (on the CPU).
+  using Finish = torch::Tensor (*)(const torch::Tensor& logits_hw, double threshold);
+
+  // Images -> finish(logits [H, W]) each, on the CPU. On the CPU only the forward pass holds
+  // the lock, so that one call's pre/post-processing overlaps another call's forward; on CUDA
+  // the whole call holds it (stream, pinned buffer and graphs are shared, and a graph's output
+  // is only valid until the next replay).
+  std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images, Finish finish) {
+    c10::InferenceMode guard;
     if (images.empty()) throw Error("images", "expected at least one image, got an empty list");
-    for (const auto& im : images) check_image(im);
-    std::vector<torch::Tensor> on_device = images;
-#if defined(CARSEG_WITH_CUDA)
-    if (device.is_cuda()) on_device = upload(images);
-#endif
-    const torch::Tensor batch = pre->preprocess_batch(on_device);
-    const torch::Tensor logits = forward_locked(batch, true);
-    std::vector<torch::Tensor> out;
-    out.reserve(images.size());
-    for (std::size_t i = 0; i < images.size(); ++i) {
-      out.push_back(pre->postprocess_logits(logits[static_cast<int64_t>(i)],
-                                            static_cast<int>(images[i].size(0)),
-                                            static_cast<int>(images[i].size(1))));
+    for (const auto& im : images) {
+      check_image(im);
+      if (im.size(0) * im.size(1) > kDefaultMaxPixels) {
+        throw Error("image", "expected at most " + std::to_string(kDefaultMaxPixels) +
+                                 " pixels, got " + std::to_string(im.size(0)) + "x" +
+                                 std::to_string(im.size(1)));
+      }
     }
-    return out;
+    auto postprocess = [&](const torch::Tensor& logits) {
+      std::vector<torch::Tensor> out;
+      out.reserve(images.size());
+      for (std::size_t i = 0; i < images.size(); ++i) {
+        const torch::Tensor hw = pre->postprocess_logits(logits[static_cast<int64_t>(i)],
+                                                         static_cast<int>(images[i].size(0)),
+                                                         static_cast<int>(images[i].size(1)));
+        // Threshold on the device, then copy only the result back.
+        out.push_back(finish(hw, threshold).to(torch::kCPU));
+      }
+      return out;
+    };
+#if defined(CARSEG_WITH_CUDA)
+    if (device.is_cuda()) {
+      std::lock_guard lock(mu);
+      c10::cuda::CUDAStreamGuard stream_guard(*stream);
+      const torch::Tensor batch = pre->preprocess_batch(upload(images));
+      return postprocess(forward_locked(batch, true));
+    }
+#endif
+    const torch::Tensor batch = pre->preprocess_batch(images);
+    torch::Tensor logits;
+    {
+      std::lock_guard lock(mu);
+      logits = forward_locked(batch, true);
+    }
+    return postprocess(logits);
   }
 };
 
@@ -312,40 +367,22 @@ torch::Tensor Predictor::predict(const torch::Tensor& image) const {
 }
 
 std::vector<torch::Tensor> Predictor::predict_logits(const std::vector<torch::Tensor>& images) const {
-  c10::InferenceMode guard;
-  std::lock_guard lock(impl_->mu);
-#if defined(CARSEG_WITH_CUDA)
-  std::optional<c10::cuda::CUDAStreamGuard> stream_guard;
-  if (impl_->stream) stream_guard.emplace(*impl_->stream);
-#endif
-  std::vector<torch::Tensor> out = impl_->run(images);
-  for (auto& t : out) t = t.to(torch::kCPU);
-  return out;
+  return impl_->run(images, [](const torch::Tensor& logits, double) { return logits; });
 }
 
 std::vector<torch::Tensor> Predictor::predict_probabilities(
     const std::vector<torch::Tensor>& images) const {
-  std::vector<torch::Tensor> out = predict_logits(images);
-  c10::InferenceMode guard;
-  for (auto& t : out) t = torch::sigmoid(t);
-  return out;
+  return impl_->run(images,
+                    [](const torch::Tensor& logits, double) { return torch::sigmoid(logits); });
 }
 
 std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Tensor>& images) const {
-  c10::InferenceMode guard;
-  std::lock_guard lock(impl_->mu);
-#if defined(CARSEG_WITH_CUDA)
-  std::optional<c10::cuda::CUDAStreamGuard> stream_guard;
-  if (impl_->stream) stream_guard.emplace(*impl_->stream);
-#endif
-  std::vector<torch::Tensor> logits = impl_->run(images);
-  std::vector<torch::Tensor> masks;
-  masks.reserve(logits.size());
-  // Threshold on the device, then copy only the uint8 masks back.
-  for (const auto& l : logits) {
-    masks.push_back(Preprocessor::mask_from_logits(l, impl_->threshold).to(torch::kCPU));
-  }
-  return masks;
+  return impl_->run(images, &Preprocessor::mask_from_logits);
+}
+
+torch::Tensor Predictor::cutout(const torch::Tensor& image, Background background) const {
+  const torch::Tensor mask = predict(image);
+  return composite_cutout(image, mask, background);
 }
 
 torch::Tensor Predictor::forward(const torch::Tensor& batch, bool allow_graphs) const {
@@ -377,6 +414,7 @@ void Predictor::synchronize() const {
 const Manifest& Predictor::manifest() const { return impl_->manifest; }
 torch::Device Predictor::device() const { return impl_->device; }
 double Predictor::threshold() const { return impl_->threshold; }
+Precision Predictor::precision() const { return impl_->options.precision; }
 std::string Predictor::backend_name() const { return impl_->backend->name(); }
 int Predictor::input_size() const { return impl_->pre->spec().size; }
 

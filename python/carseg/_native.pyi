@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -107,8 +108,8 @@ class Predictor:
     def backend(self) -> str:
         """Runtime loaded: "torchscript" or "aoti"."""
     @property
-    def manifest_path(self) -> os.PathLike[str]:
-        """manifest.json of the artifact folder (a pathlib.Path)."""
+    def manifest_path(self) -> Path:
+        """manifest.json of the artifact folder."""
     @property
     def manifest(self) -> dict[str, Any]:
         """manifest.json as a dict (read from the file on each access)."""

@@ -14,10 +14,22 @@ namespace carseg {
 
 enum class Precision { kFp32, kFp16 };
 enum class BackendKind { kAuto, kTorchScript, kAoti };
+enum class Background { kWhite, kTransparent };
 
-/// Parses "fp32"/"fp16", "auto"/"torchscript"/"aoti"; throws carseg::Error on anything else.
+/// Parses "fp32"/"fp16", "auto"/"torchscript"/"aoti", "white"/"transparent"; throws
+/// carseg::Error on anything else.
 [[nodiscard]] Precision parse_precision(const std::string& s);
 [[nodiscard]] BackendKind parse_backend(const std::string& s);
+[[nodiscard]] Background parse_background(const std::string& s);
+/// "fp32" or "fp16".
+[[nodiscard]] std::string to_string(Precision precision);
+
+/// The photo with its background removed: uint8 [H, W, 3] on white (background pixels 255),
+/// or uint8 [H, W, 4] RGBA (photo's RGB everywhere, alpha 255 on the car and 0 elsewhere).
+/// `image` is uint8 [H, W, 3], `mask` uint8 [H, W] (nonzero = car); the result is on the CPU.
+/// Throws carseg::Error when the shapes do not match.
+[[nodiscard]] torch::Tensor composite_cutout(const torch::Tensor& image_hwc_u8,
+                                             const torch::Tensor& mask_hw, Background background);
 /// Whether this process can use a CUDA device (false on a CPU-only build or machine).
 [[nodiscard]] bool cuda_available();
 
@@ -32,7 +44,13 @@ struct PredictorOptions {
 };
 
 /// Loads an artifact folder (manifest.json + model file), checks it, warms it up, and turns
-/// photos into masks at their own resolution. Thread-safe: calls are serialised internally.
+/// photos into masks at their own resolution.
+///
+/// Thread-safe: any number of threads may call one Predictor. The model's forward pass (and on
+/// CUDA everything touching the stream, staging buffer and CUDA graphs) runs under one lock; on
+/// the CPU, preprocessing (resize, normalize) and post-processing (resize back, threshold) run
+/// outside it, so one call's pre/post-processing overlaps another call's forward pass.
+/// Images larger than kDefaultMaxPixels (image_io.h) are refused with carseg::Error.
 class Predictor {
  public:
   /// Throws carseg::Error: bad manifest, sha256 mismatch, unloadable model, CUDA requested but
@@ -55,6 +73,9 @@ class Predictor {
   /// sigmoid of predict_logits.
   [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
       const std::vector<torch::Tensor>& images) const;
+  /// predict, then composite_cutout: uint8 [H, W, 3] (white) or [H, W, 4] (RGBA) on the CPU.
+  [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8,
+                                     Background background) const;
   /// The model alone: preprocessed float [N, 3, S, S] (any device) -> logits [N, 1, S, S] on the
   /// predictor's device (CUDA graphs used when enabled and allow_graphs).
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& batch, bool allow_graphs = true) const;
@@ -64,6 +85,8 @@ class Predictor {
   [[nodiscard]] const Manifest& manifest() const;
   [[nodiscard]] torch::Device device() const;
   [[nodiscard]] double threshold() const;
+  /// The precision asked for in PredictorOptions.
+  [[nodiscard]] Precision precision() const;
   [[nodiscard]] std::string backend_name() const;
   [[nodiscard]] int input_size() const;
   /// Batch sizes whose CUDA graph has been captured (empty on the CPU).

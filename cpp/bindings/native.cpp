@@ -1,0 +1,257 @@
+// carseg._native: carseg::Predictor for Python. Converts, calls the core, converts back; the
+// core does the work (and all checks beyond the type, dtype and shape of what Python hands in).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>  // torch::Tensor <-> torch.Tensor caster
+#include <torch/csrc/utils/tensor_numpy.h>
+
+#include <filesystem>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "carseg/error.h"
+#include "carseg/image_io.h"
+#include "carseg/predictor.h"
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr const char* kExpected = "image: expected uint8 [H, W, 3]";
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::ostringstream ss;
+  ss << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) ss << (i ? ", " : "") << shape[i];
+  ss << ']';
+  return ss.str();
+}
+
+// An image from Python: the tensor the core sees, and whether to hand numpy back.
+struct Image {
+  torch::Tensor tensor;
+  bool numpy = false;
+};
+
+void check_layout(const std::string& dtype, const std::vector<int64_t>& shape) {
+  const bool ok = dtype == "uint8" && shape.size() == 3 && shape[2] == 3;
+  if (!ok) throw py::value_error(std::string(kExpected) + ", got " + dtype + " " + shape_text(shape));
+  if (shape[0] < 1 || shape[1] < 1) {
+    throw py::value_error(std::string(kExpected) + " with H, W >= 1, got an empty image " +
+                          shape_text(shape));
+  }
+}
+
+// numpy: dtype and shape checked here, then torch.from_numpy semantics (shares the buffer).
+// torch.Tensor: any device and strides; shared as is.
+Image to_image(const py::handle& obj) {
+  if (THPVariable_Check(obj.ptr())) {
+    torch::Tensor t = THPVariable_Unpack(obj.ptr());
+    std::string dtype = py::str(obj.attr("dtype"));
+    if (dtype.rfind("torch.", 0) == 0) dtype = dtype.substr(6);
+    check_layout(dtype, t.sizes().vec());
+    return {std::move(t), false};
+  }
+  if (py::isinstance<py::array>(obj)) {
+    const auto a = py::reinterpret_borrow<py::array>(obj);
+    const std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+    check_layout(py::str(a.dtype()), shape);
+    if (!(a.flags() & py::array::c_style)) {
+      std::vector<int64_t> strides(a.strides(), a.strides() + a.ndim());
+      throw py::value_error(std::string(kExpected) + " C-contiguous (np.ascontiguousarray), got " +
+                            "strides " + shape_text(strides));
+    }
+    // The core only reads the pixels: no warning for a read-only array.
+    return {torch::utils::tensor_from_numpy(obj.ptr(), /*warn_if_not_writeable=*/false), true};
+  }
+  throw py::type_error("image: expected a numpy.ndarray or a torch.Tensor, got " +
+                       std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+}
+
+// The core returns CPU tensors: numpy in, numpy out (sharing the tensor's memory). A tensor
+// made under the core's InferenceMode is cloned (a mask: cheap) so that callers may modify it
+// in place like any other tensor.
+py::object from_tensor(const torch::Tensor& t, bool numpy) {
+  if (numpy) return py::reinterpret_steal<py::object>(torch::utils::tensor_to_numpy(t));
+  return py::cast(t.is_inference() ? t.clone() : t);
+}
+
+std::vector<torch::Tensor> tensors_of(const std::vector<Image>& images) {
+  std::vector<torch::Tensor> out;
+  out.reserve(images.size());
+  for (const auto& im : images) out.push_back(im.tensor);
+  return out;
+}
+
+std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& model_dir,
+                                                  const std::string& device,
+                                                  const std::string& precision,
+                                                  std::optional<double> threshold,
+                                                  const std::string& backend, bool cuda_graphs) {
+  carseg::PredictorOptions options;
+  options.device = device;
+  options.precision = carseg::parse_precision(precision);
+  options.threshold = threshold;
+  options.backend = carseg::parse_backend(backend);
+  options.use_cuda_graphs = cuda_graphs;
+  py::gil_scoped_release release;  // loading, hashing and warming up the model take a while
+  return std::make_unique<carseg::Predictor>(model_dir, options);
+}
+
+constexpr const char* kPredictorDoc = R"(An exported artifact folder run by the C++ core (libcarseg).
+
+Images are uint8 [H, W, 3] RGB: a C-contiguous numpy array (shared, not copied) or a torch
+tensor on any device with any strides (shared). Numpy in gives numpy out; a tensor in gives a
+CPU tensor out. Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError; what
+the core refuses (a bad model folder, sha256 mismatch, CUDA asked for and absent, an image over
+80 million pixels): CarsegError (a carseg.CarsegError, a RuntimeError).
+
+Thread safety: the GIL is released while the core works, and one Predictor may be called from
+several threads at once. The model's forward pass runs one at a time (on CUDA the whole call
+does); on the CPU one call's resize/normalize and resize-back/threshold overlap another call's
+forward pass. Do not modify an input array from another thread while a call reads it.
+)";
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "carseg's C++ core (libcarseg) for Python; use it as carseg.Predictor.";
+  // torch's Python types must exist before its caster and numpy bridge are used.
+  py::module_::import("torch");
+
+  const py::object base = py::module_::import("carseg.errors").attr("CarsegError");
+  py::register_local_exception<carseg::Error>(m, "CarsegError", base);
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::Error& e) {  // the message without the C++ backtrace
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
+
+  m.attr("MAX_PIXELS") = carseg::kDefaultMaxPixels;
+  m.def("cuda_available", &carseg::cuda_available,
+        "Whether this process can use a CUDA device (False on a CPU-only build or machine).");
+
+  py::class_<carseg::Predictor>(m, "Predictor", kPredictorDoc)
+      .def(py::init(&make_predictor), py::arg("model_dir"), py::arg("device") = "cpu", py::arg("precision") = "fp32",
+           py::arg("threshold") = py::none(), py::arg("backend") = "auto",
+           py::arg("cuda_graphs") = true,
+           R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
+
+device "cpu", "cuda" or "cuda:N"; precision "fp32" or "fp16" (CUDA only); threshold in (0, 1)
+overrides the manifest's; backend "auto", "torchscript" or "aoti"; cuda_graphs: capture and
+replay a CUDA graph per batch shape (CUDA only).)")
+      .def(
+          "predict",
+          [](const carseg::Predictor& self, const py::handle& image) {
+            const Image im = to_image(image);
+            torch::Tensor mask;
+            {
+              py::gil_scoped_release release;
+              mask = self.predict(im.tensor);
+            }
+            return from_tensor(mask, im.numpy);
+          },
+          py::arg("image"), "uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}.")
+      .def(
+          "predict_proba",
+          [](const carseg::Predictor& self, const py::handle& image) {
+            const Image im = to_image(image);
+            torch::Tensor proba;
+            {
+              py::gil_scoped_release release;
+              proba = self.predict_probabilities({im.tensor})[0];
+            }
+            return from_tensor(proba, im.numpy);
+          },
+          py::arg("image"),
+          "uint8 [H, W, 3] RGB -> float32 [H, W] car probability (sigmoid of the logits); "
+          "predict is proba > threshold.")
+      .def(
+          "predict_batch",
+          [](const carseg::Predictor& self, const py::sequence& images) {
+            std::vector<Image> ims;
+            ims.reserve(images.size());
+            for (std::size_t i = 0; i < images.size(); ++i) {
+              const py::object item = images[i];
+              ims.push_back(to_image(item));
+            }
+            const std::vector<torch::Tensor> in = tensors_of(ims);
+            std::vector<torch::Tensor> masks;
+            {
+              py::gil_scoped_release release;
+              masks = self.predict_batch(in);
+            }
+            py::list out;
+            for (std::size_t i = 0; i < masks.size(); ++i) {
+              out.append(from_tensor(masks[i], ims[i].numpy));
+            }
+            return out;
+          },
+          py::arg("images"),
+          "A list of images of any sizes, run as one batch -> a list of masks, each at its "
+          "image's size.")
+      .def(
+          "cutout",
+          [](const carseg::Predictor& self, const py::handle& image, const std::string& background) {
+            const carseg::Background bg = carseg::parse_background(background);
+            const Image im = to_image(image);
+            torch::Tensor out;
+            {
+              py::gil_scoped_release release;
+              out = self.cutout(im.tensor, bg);
+            }
+            return from_tensor(out, im.numpy);
+          },
+          py::arg("image"), py::arg("background") = "white",
+          R"(The photo with its background removed, at the photo's size.
+
+background "white": uint8 [H, W, 3], background pixels 255; "transparent": uint8 [H, W, 4] RGBA,
+alpha 255 on the car and 0 elsewhere.)")
+      .def_property_readonly("input_size", &carseg::Predictor::input_size,
+                             "Side of the square the model sees (pixels).")
+      .def_property_readonly(
+          "arch", [](const carseg::Predictor& self) { return self.manifest().arch(); },
+          "Architecture from manifest.json (e.g. Unet).")
+      .def_property_readonly(
+          "encoder", [](const carseg::Predictor& self) { return self.manifest().encoder_name(); },
+          "Encoder from manifest.json (e.g. resnet18).")
+      .def_property_readonly(
+          "device", [](const carseg::Predictor& self) { return self.device().str(); },
+          "Device the model runs on: \"cpu\" or \"cuda:N\".")
+      .def_property_readonly(
+          "precision",
+          [](const carseg::Predictor& self) { return carseg::to_string(self.precision()); },
+          "Precision asked for: \"fp32\" or \"fp16\".")
+      .def_property_readonly("threshold", &carseg::Predictor::threshold,
+                             "Mask threshold on the probability.")
+      .def_property_readonly("backend", &carseg::Predictor::backend_name,
+                             "Runtime loaded: \"torchscript\" or \"aoti\".")
+      .def_property_readonly(
+          "manifest_path",
+          [](const carseg::Predictor& self) { return self.manifest().path(); },
+          "manifest.json of the artifact folder.")
+      .def_property_readonly(
+          "manifest",
+          [](const carseg::Predictor& self) {
+            const std::vector<std::uint8_t> bytes = carseg::read_file(self.manifest().path());
+            const py::str text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+            return py::module_::import("json").attr("loads")(text);
+          },
+          "manifest.json as a dict (read from the file on each access).")
+      .def("__repr__", [](const carseg::Predictor& self) {
+        std::ostringstream ss;
+        ss << "carseg.Predictor(" << self.manifest().dir() << ", device=\"" << self.device().str()
+           << "\", precision=\"" << carseg::to_string(self.precision())
+           << "\", threshold=" << self.threshold() << ", backend=\"" << self.backend_name()
+           << "\")";
+        return ss.str();
+      });
+}
