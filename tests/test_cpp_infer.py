@@ -157,3 +157,24 @@ def test_aoti_backend_matches_torchscript(tiny_artifacts_all: Path, tiny_data: P
     for name, a in masks["aoti"].items():
         b = masks["torchscript"][name]
         assert (a & b).sum() / max(1, (a | b).sum()) >= 0.999, name
+
+
+def test_same_stem_is_refused_and_unwritable_report_fails_early(fixtures: Path, photos: Path,
+                                                                tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.open(photos / "photo_37x53.png").convert("RGB").save(photos / "photo_37x53.jpg")
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", out,
+            "--report", report)
+    assert r.returncode == 1
+    assert f"{photos / 'photo_37x53.png'}: same name as {photos / 'photo_37x53.jpg'}" in r.stderr
+    assert len(list(out.glob("photo_37x53_mask.png"))) == 1
+    rep = json.loads(report.read_text())
+    assert rep["succeeded"] == 3 and rep["failed"] == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output",
+            tmp_path / "out2", "--report", blocker / "r.json")
+    assert r.returncode == 2 and "cannot create the output folder" in r.stderr
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())

@@ -30,21 +30,30 @@ class TorchScriptBackend final : public Backend {
 
   torch::Tensor forward(const torch::Tensor& input) override {
     // Autocast state is thread-local: set it around this call only.
+    // Turns fp16 autocast on for this forward and puts back all three settings it changes.
     struct AutocastScope {
       bool on;
-      bool was;
-      explicit AutocastScope(bool enable)
-          : on(enable), was(at::autocast::is_autocast_enabled(at::kCUDA)) {
-        if (on) {
-          at::autocast::set_autocast_enabled(at::kCUDA, true);
-          at::autocast::set_autocast_dtype(at::kCUDA, at::kHalf);
-          // Weight casts must be re-done inside a CUDA graph capture, not served from a cache.
-          at::autocast::set_autocast_cache_enabled(false);
-        }
+      bool was_enabled = false;
+      bool was_cache = true;
+      at::ScalarType was_dtype = at::kHalf;
+      explicit AutocastScope(bool enable) : on(enable) {
+        if (!on) return;
+        was_enabled = at::autocast::is_autocast_enabled(at::kCUDA);
+        was_cache = at::autocast::is_autocast_cache_enabled();
+        was_dtype = at::autocast::get_autocast_dtype(at::kCUDA);
+        at::autocast::set_autocast_enabled(at::kCUDA, true);
+        at::autocast::set_autocast_dtype(at::kCUDA, at::kHalf);
+        // Weight casts must be re-done inside a CUDA graph capture, not served from a cache.
+        at::autocast::set_autocast_cache_enabled(false);
       }
       ~AutocastScope() {
-        if (on) at::autocast::set_autocast_enabled(at::kCUDA, was);
+        if (!on) return;
+        at::autocast::set_autocast_enabled(at::kCUDA, was_enabled);
+        at::autocast::set_autocast_dtype(at::kCUDA, was_dtype);
+        at::autocast::set_autocast_cache_enabled(was_cache);
       }
+      AutocastScope(const AutocastScope&) = delete;
+      AutocastScope& operator=(const AutocastScope&) = delete;
     } scope(options_.autocast_fp16 && device_.is_cuda());
     torch::IValue out = module_.forward({input});
     torch::Tensor logits;

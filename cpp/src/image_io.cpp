@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
+#include <mutex>
 
 #include "carseg/error.h"
 
@@ -243,8 +244,10 @@ std::vector<std::uint8_t> encode_png(const std::uint8_t* pixels, int width, int 
   if (channels != 1 && channels != 3 && channels != 4)
     throw Error("png", "expected 1, 3 or 4 channels, got " + std::to_string(channels));
   std::vector<std::uint8_t> out;
-  // Level 3 instead of stb's 8: masks compress almost as well, several times faster.
-  stbi_write_png_compression_level = 3;
+  // Level 3 instead of stb's 8: masks compress almost as well, several times faster. stb keeps
+  // it in a global that every encoder thread reads: set it once, never while one is encoding.
+  static std::once_flag level_once;
+  std::call_once(level_once, [] { stbi_write_png_compression_level = 3; });
   if (!stbi_write_png_to_func(append_bytes, &out, width, height, channels, pixels,
                               width * channels)) {
     throw Error("png", "encoder failed");

@@ -12,10 +12,12 @@
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -200,11 +202,15 @@ template <class T>
 class BoundedQueue {
  public:
   explicit BoundedQueue(std::size_t capacity) : capacity_(std::max<std::size_t>(1, capacity)) {}
-  void push(T item) {
+  // Waits for room; returns false (dropping the item) once the queue is closed, so that a
+  // producer blocked on a full queue wakes up when the consumer gives up.
+  bool push(T item) {
     std::unique_lock lock(mu_);
-    not_full_.wait(lock, [&] { return items_.size() < capacity_; });
+    not_full_.wait(lock, [&] { return items_.size() < capacity_ || closed_; });
+    if (closed_) return false;
     items_.push_back(std::move(item));
     not_empty_.notify_one();
+    return true;
   }
   // Waits for at least one item; returns up to `max` items, none once closed and drained.
   std::vector<T> pop_up_to(std::size_t max) {
@@ -222,6 +228,7 @@ class BoundedQueue {
     std::lock_guard lock(mu_);
     closed_ = true;
     not_empty_.notify_all();
+    not_full_.notify_all();
   }
 
  private:
@@ -253,6 +260,7 @@ struct PipelineConfig {
   int workers = 2;
   carseg::CutoutMode cutout = carseg::CutoutMode::kWhiteJpeg;
   bool write = true;  // false: encode to memory only (bench end to end)
+  std::vector<std::string> refused;  // per input: why it is not processed ("" = it is)
   bool progress = false;
 };
 
@@ -285,10 +293,13 @@ std::vector<Result> run_pipeline(const carseg::Predictor& predictor, const Pipel
     threads.emplace_back([&] {
       for (std::size_t i; (i = next++) < n;) {
         try {
+          if (i < cfg.refused.size() && !cfg.refused[i].empty()) {
+            throw std::runtime_error(cfg.refused[i]);
+          }
           Item item;
           item.index = i;
           item.image = carseg::read_image(cfg.inputs[i]);
-          decoded.push(std::move(item));
+          if (!decoded.push(std::move(item))) return;  // the run was abandoned
         } catch (const std::exception& e) {
           fail(i, e);
         }
@@ -336,6 +347,21 @@ std::vector<Result> run_pipeline(const carseg::Predictor& predictor, const Pipel
       }
     });
   }
+
+  // Whatever leaves this function (a throw included), the workers are told to stop and are
+  // joined: a joinable std::thread at destruction would terminate the process.
+  struct Joiner {
+    BoundedQueue<Item>& decoded;
+    BoundedQueue<Item>& inferred;
+    std::vector<std::thread>& threads;
+    ~Joiner() {
+      decoded.close();
+      inferred.close();
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } joiner{decoded, inferred, threads};
 
   auto show_progress = [&](bool last) {
     if (!cfg.progress) return;
@@ -475,6 +501,22 @@ int cmd_infer(int argc, char** argv) {
   cfg.inputs = collect_inputs(inputs);
   if (cfg.inputs.empty()) throw UsageError("infer: no images (.jpg .jpeg .png .gif .bmp) in the inputs");
   ensure_writable_folder(output);
+  // Two inputs with one stem (a.jpg, a.png) would write the same a_mask.png: the later one is
+  // refused, by name, instead of silently overwriting the first one's results.
+  {
+    std::map<std::string, fs::path> seen;
+    cfg.refused.assign(cfg.inputs.size(), std::string());
+    for (std::size_t i = 0; i < cfg.inputs.size(); ++i) {
+      const auto [it, fresh] = seen.emplace(cfg.inputs[i].stem().string(), cfg.inputs[i]);
+      if (!fresh) {
+        cfg.refused[i] = cfg.inputs[i].string() + ": same name as " + it->second.string() +
+                         "; its outputs would overwrite that one's";
+      }
+    }
+  }
+  if (report) {  // before any work: an unwritable report must not cost a whole run
+    ensure_writable_folder(report->has_parent_path() ? report->parent_path() : fs::path("."));
+  }
   cfg.output = output;
   cfg.progress = ::isatty(STDERR_FILENO) != 0;
 
