@@ -212,12 +212,14 @@ struct Predictor::Impl {
     }
 #endif
     if (!logits.defined()) logits = backend->forward(x);
-    const int64_t s = pre->spec().size;
+    // One logit a pixel of whatever came in (the predictor feeds size x size; bench may feed
+    // another multiple of 32 to a spatially dynamic model).
+    const int64_t h = batch.size(2), w = batch.size(3);
     if (logits.dim() != 4 || logits.size(0) != batch.size(0) || logits.size(1) != 1 ||
-        logits.size(2) != s || logits.size(3) != s) {
+        logits.size(2) != h || logits.size(3) != w) {
       throw Error(manifest.path().string(),
                   "expected the model to return logits [" + std::to_string(batch.size(0)) + ", 1, " +
-                      std::to_string(s) + ", " + std::to_string(s) + "], got " +
+                      std::to_string(h) + ", " + std::to_string(w) + "], got " +
                       shape_of(logits.sizes()));
     }
     return logits;

@@ -79,6 +79,7 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
   --device D           cpu (default), cuda or cuda:N
   --precision P        fp32 (default) or fp16 (CUDA only)
   --batch LIST         batch sizes, comma-separated (default 1,8,32)
+  --size N             square input size, a multiple of 32 (default: the model's own)
   --iters N            timed iterations per batch size (default 50)
   --warmup N           untimed iterations first (default 5)
   --no-graphs          CUDA: only eager (default: report with and without CUDA graphs)
@@ -595,6 +596,7 @@ int cmd_bench(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32};
   int iters = 50, warmup = 5;
   std::optional<fs::path> json_path, input;
+  std::optional<int> size;
   while (!args.done()) {
     const std::string flag = args.next();
     if (flag == "-h" || flag == "--help") {
@@ -619,13 +621,19 @@ int cmd_bench(int argc, char** argv) {
       input = fs::path(args.value(flag));
     } else if (flag == "--optimize") {
       common.options.optimize_for_inference = true;
+    } else if (flag == "--size") {
+      size = static_cast<int>(parse_int(flag, args.value(flag), 32, 8192));
+      if (*size % 32 != 0) throw UsageError("--size: expected a multiple of 32, got " +
+                                            std::to_string(*size));
     } else {
       throw UsageError("bench: unknown option " + flag + " (see carseg_infer bench --help)");
     }
   }
   if (common.model.empty()) throw UsageError("bench: --model is required");
   const carseg::Predictor predictor = load_predictor(common);
-  const int s = predictor.input_size();
+  // The model's own size by default; --size times the (spatially dynamic) model at another,
+  // to compare with other backends at one resolution.
+  const int s = size.value_or(predictor.input_size());
   const bool cuda = predictor.device().is_cuda();
   std::vector<bool> graph_modes = {false};
   if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};

@@ -184,7 +184,7 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         ds = ds.map_batches(_PredictActor, batch_size=batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"model_dir": str(model_dir.resolve()),
                                                    "backend": backend, "device": device},
-                            concurrency=workers,
+                            compute=ray.data.ActorPoolStrategy(size=workers),
                             num_gpus=1 / workers if device.startswith("cuda") else 0)
         ds = ds.map(_write, fn_kwargs={"output": str(output.resolve()), "cutout": cutout})
         for row in ds.iter_rows():
