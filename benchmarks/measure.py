@@ -157,16 +157,43 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
+def _vm_hwm_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory_reset(device: torch.device) -> None:
+    """Start a fresh high-water mark: CUDA's allocator peak, or on Linux the process's peak
+    resident size (writing 5 to /proc/self/clear_refs resets VmHWM)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def peak_memory_mib(device: torch.device) -> float | None:
-    """Peak device memory since the last reset (CUDA); None on the CPU, where the process's
-    resident size is not attributable to one backend."""
+    """Peak since the last reset: CUDA memory allocated, or the process's peak resident set
+    (which includes every model loaded so far, so compare cells by their increase)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return _vm_hwm_mib()
+
+
+def resident_mib() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return None
 
 

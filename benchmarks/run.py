@@ -71,6 +71,7 @@ def run_backend(backend: B.Backend, x_by_size: dict[int, torch.Tensor],
             x = x_all[:batch]
             cell: dict[str, Any] = {"size": size, "batch": batch}
             try:
+                rss_before = M.resident_mib() if dev.type == "cpu" else None
                 M.peak_memory_reset(dev)
                 out = backend(x)
                 cell.update(M.parity(ref_by_size[size][:batch], out,
@@ -85,6 +86,9 @@ def run_backend(backend: B.Backend, x_by_size: dict[int, torch.Tensor],
                 continue
             cell.update(t.to_json())
             cell["peak_memory_mib"] = M.peak_memory_mib(dev)
+            if rss_before is not None and cell["peak_memory_mib"] is not None:
+                # what running this cell added on top of what the process already held
+                cell["peak_memory_increase_mib"] = cell["peak_memory_mib"] - rss_before
             tflops = flops[size] * t.throughput / 1e12
             key = "matmul_float16_tflops" if backend.precision == "fp16" and \
                 "matmul_float16_tflops" in peak else "matmul_float32_tflops"
@@ -204,9 +208,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
              "fp16 backends) matrix-product rate. The count is of direct convolution; over "
              "100% means the library did less arithmetic than that (oneDNN's Winograd 3x3 "
              "convolutions), not that the chip beat its peak.",
+             "", "Peak memory: on CUDA the allocator's peak; on the CPU the process's peak "
+             "resident set during the cell, and in brackets how much the cell added to what "
+             "the process already held.",
              "", "| backend | precision | size | batch | p50 ms | p90 ms | p99 ms | img/s | "
-             "max abs diff | mask IoU | share of peak |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "max abs diff | mask IoU | share of peak | peak MiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     skipped = []
     for e in results["backends"]:
         if "skipped" in e:
@@ -215,7 +222,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
         for c in e["cells"]:
             if "error" in c:
                 lines.append(f"| {e['backend']} | {e.get('precision', '')} | {c['size']} | "
-                             f"{c['batch']} | error: {c['error'][:60]} | | | | | | |")
+                             f"{c['batch']} | error: {c['error'][:60]} | | | | | | | |")
                 continue
             share = c.get("share_of_peak")
             lines.append(
@@ -227,6 +234,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
                 f"{c['p50_ms']:.2f} | {c['p90_ms']:.2f} | {c['p99_ms']:.2f} | "
                 f"{c['throughput_img_s']:.1f} | | | ")
             lines[-1] += (f"{share:.1%} |" if share is not None else " |")
+            mem, inc = c.get("peak_memory_mib"), c.get("peak_memory_increase_mib")
+            lines[-1] += (f" {mem:.0f}" + (f" (+{inc:.0f})" if inc is not None else "") + " |"
+                          if mem is not None else " |")
     if skipped:
         lines += ["", "Skipped:", *skipped]
     if results.get("end_to_end"):
