@@ -157,10 +157,11 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
 
 
-def _vm_hwm_mib() -> float | None:
+def _status_mib(field: str) -> float | None:
+    """A memory line of /proc/self/status (VmRSS, VmHWM) in MiB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -184,17 +185,11 @@ def peak_memory_mib(device: torch.device) -> float | None:
     (which includes every model loaded so far, so compare cells by their increase)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return _vm_hwm_mib()
+    return _status_mib("VmHWM")
 
 
 def resident_mib() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
+    return _status_mib("VmRSS")
 
 
 def asjson(obj: Any) -> Any:

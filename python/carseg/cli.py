@@ -38,6 +38,13 @@ def _progress(label: str):
     return show
 
 
+def _print_failures(command: str, failed: list[dict[str, str]]) -> None:
+    """One line a failed input: `carseg CMD: error: <file>: <reason>`."""
+    for f in failed:
+        msg = f["reason"] if f["reason"].startswith(f["path"]) else f"{f['path']}: {f['reason']}"
+        sys.stderr.write(f"carseg {command}: error: {msg}\n")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from carseg.synth import parse_size, write_dataset
 
@@ -109,9 +116,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                        cutout=args.cutout, backend=args.backend)
     if args.report:
         write_report(report, args.report)
-    for f in report.failed:
-        msg = f["reason"] if f["reason"].startswith(f["path"]) else f"{f['path']}: {f['reason']}"
-        sys.stderr.write(f"carseg batch: error: {msg}\n")
+    _print_failures("batch", report.failed)
     r = report.to_json()
     log.info("done %d, skipped %d (already written), failed %d; %.2f images/s", len(report.done),
              len(report.skipped), len(report.failed), r["images_per_s"])
@@ -126,9 +131,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
                                precision=args.precision, threshold=args.threshold)
     report = run_cutout(args.inputs, predictor, args.output, background=args.background,
                         workers=args.workers)
-    for f in report.failed:
-        msg = f["reason"] if f["reason"].startswith(f["path"]) else f"{f['path']}: {f['reason']}"
-        sys.stderr.write(f"carseg cutout: error: {msg}\n")
+    _print_failures("cutout", report.failed)
     log.info("%d image(s) cut out, %d failed, %.2f images/s (%s backend) -> %s",
              len(report.done), len(report.failed), report.images_per_s, args.backend,
              args.output)

@@ -23,15 +23,19 @@ class ImageTooLarge(DataError):
     """An image past MAX_PIXELS (a server answers 413 to it)."""
 
 
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
+
+
 def _open(path: Path, data: bytes | None = None) -> Image.Image:
     """Open and decode `path`, or `data` (named `path` in messages) when given."""
     if data is None:
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file")
-        if path.is_dir():
-            raise DataError(f"{path}: is a folder, not an image")
-        if path.stat().st_size == 0:
-            raise DataError(f"{path}: empty file")
+        _check_file(path)
     elif not data:
         raise DataError(f"{path}: empty file")
     try:
@@ -54,12 +58,7 @@ def _open(path: Path, data: bytes | None = None) -> Image.Image:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file")
+    _check_file(path)
     try:
         with Image.open(path) as img:
             return img.size
