@@ -12,6 +12,7 @@
 namespace {
 
 using carseg::Image;
+using carseg::test::expect_error;
 using carseg::test::TempDir;
 using carseg::test::write_bytes;
 using Bytes = std::vector<std::uint8_t>;
@@ -98,16 +99,6 @@ Image gradient(int w, int h) {
     }
   }
   return img;
-}
-
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL() << "expected carseg::Error";
-  } catch (const carseg::Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
 }
 
 // ---- round trips

@@ -11,6 +11,7 @@
 namespace {
 
 using carseg::Manifest;
+using carseg::test::expect_error;
 using carseg::test::TempDir;
 using nlohmann::json;
 
@@ -38,17 +39,6 @@ json valid_manifest(const std::string& sha) {
                   {"sha256", sha},
                   {"parity", nullptr}}},
                 {"onnx", nullptr}}}};
-}
-
-// Expects carseg::Error whose message contains every one of `parts`.
-template <class F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    FAIL() << "expected carseg::Error";
-  } catch (const carseg::Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
 }
 
 class ManifestTest : public ::testing::Test {

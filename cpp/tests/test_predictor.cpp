@@ -11,14 +11,10 @@
 
 namespace {
 
+using carseg::test::cases;
 using carseg::test::fixtures;
 using carseg::test::read_raw;
 using nlohmann::json;
-
-json cases() {
-  std::ifstream in(fixtures() / "cases.json");
-  return json::parse(in);
-}
 
 torch::Tensor photo(const json& e) {
   const carseg::Image img = carseg::read_image(fixtures() / (e["name"].get<std::string>() + ".png"));

@@ -10,14 +10,10 @@
 
 namespace {
 
+using carseg::test::cases;
 using carseg::test::fixtures;
 using carseg::test::read_raw;
 using nlohmann::json;
-
-json cases() {
-  std::ifstream in(fixtures() / "cases.json");
-  return json::parse(in);
-}
 
 carseg::PreprocessSpec spec_from(const json& j) {
   carseg::PreprocessSpec s;

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -10,6 +13,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "carseg/error.h"
 
 namespace carseg::test {
 
@@ -62,5 +67,22 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+/// The photo cases make_fixtures.py wrote (cases.json).
+inline nlohmann::json cases() {
+  std::ifstream in(fixtures() / "cases.json");
+  return nlohmann::json::parse(in);
+}
+
+/// Expects carseg::Error whose message contains every one of `parts`.
+template <class F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    FAIL() << "expected carseg::Error";
+  } catch (const carseg::Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
 
 }  // namespace carseg::test
