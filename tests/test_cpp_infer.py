@@ -80,13 +80,17 @@ def test_folder_with_bad_files_exit_1_and_report(fixtures: Path, photos: Path,
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
 
 
-def test_masks_match_python_reference(fixtures: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("exact", [False, True], ids=["default", "exact"])
+def test_masks_match_python_reference(fixtures: Path, tmp_path: Path, exact: bool) -> None:
+    """By default (fused CPU kernels, oneDNN Graph fusion) the masks agree with the Python
+    reference to IoU >= 0.999 and at most 1 pixel in 10,000; with --exact they are identical."""
     from PIL import Image
     cases = json.loads((fixtures / "cases.json").read_text())
     inputs = [fixtures / f"{e['name']}.png" for e in cases["images"]]
     out = tmp_path / "out"
     r = run("infer", "--model", fixtures / "model", "--input", *inputs, "--output", out,
-            "--cutout", "transparent", "--batch", str(len(inputs)))
+            "--cutout", "transparent", "--batch", str(len(inputs)),
+            *(["--exact"] if exact else []))
     assert r.returncode == 0, r.stderr
     for e in cases["images"]:
         ours = np.asarray(Image.open(out / f"{e['name']}_mask.png")) > 0
@@ -94,6 +98,10 @@ def test_masks_match_python_reference(fixtures: Path, tmp_path: Path) -> None:
         ref = raw.reshape(e["h"], e["w"]) > 0
         union = (ours | ref).sum()
         assert union == 0 or (ours & ref).sum() / union >= 0.999, e["name"]
+        if exact:
+            assert np.array_equal(ours, ref), e["name"]
+        else:
+            assert (ours != ref).sum() <= max(1, ref.size // 10_000), e["name"]
         cut = Image.open(out / f"{e['name']}_cutout.png")
         assert cut.mode == "RGBA" and cut.size == (e["w"], e["h"])
         assert np.array_equal(np.asarray(cut)[..., 3] > 0, ours)

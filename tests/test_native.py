@@ -106,15 +106,16 @@ def _carseg_infer() -> Path | None:
 def test_masks_equal_carseg_infer(predictor, tiny_artifacts: Path, jpegs: list[Path],
                                   tmp_path: Path) -> None:
     """Same pixels in (PNG copies of the photos, decoded the same by stb and PIL), same masks
-    out, bit for bit. On the JPEGs themselves TurboJPEG and PIL may differ by a grey level, so
-    there only IoU is checked."""
+    out, bit for bit with --exact (the bindings' default is op-for-op too). On the JPEGs
+    themselves TurboJPEG and PIL may differ by a grey level, and carseg_infer's default fused
+    kernels by float rounding, so there only IoU is checked."""
     src = tmp_path / "in"
     src.mkdir()
     for p in jpegs:
         Image.open(p).convert("RGB").save(src / f"{p.stem}.png")
     out = tmp_path / "out"
     r = subprocess.run([str(_carseg_infer()), "infer", "--model", str(tiny_artifacts), "--input",
-                        str(src), "--output", str(out), "--cutout", "none"],
+                        str(src), "--output", str(out), "--cutout", "none", "--exact"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     for p in jpegs:
@@ -149,6 +150,41 @@ def test_masks_match_the_reference_predictor(predictor, tiny_artifacts: Path,
         proba = predictor.predict_proba(im)
         ref_proba = torch.sigmoid(torch.from_numpy(ref.predict_logits(im))).numpy()
         np.testing.assert_allclose(proba, ref_proba, rtol=0, atol=1e-5)
+
+
+def test_fast_cpu_options_agree_with_the_reference(tiny_artifacts: Path, jpegs: list[Path],
+                                                  photos: list[np.ndarray],
+                                                  tmp_path: Path) -> None:
+    """exact=False (fused kernels) and onednn_fusion=True: masks within 1 pixel in 10,000 of
+    the reference predictor's, IoU >= 0.999. Fusion is process-wide (it would fuse the
+    reference's TorchScript too), so that part runs in a child against masks saved here."""
+    from carseg.inference import ReferencePredictor
+
+    ref = ReferencePredictor(tiny_artifacts, backend="torchscript")
+    fast = _native.Predictor(str(tiny_artifacts), exact=False)
+    for im in photos:
+        ours, theirs = fast.predict(im), ref.predict(im)
+        assert ours.shape == theirs.shape and _iou(ours > 0, theirs > 0) >= 0.999
+        assert (ours != theirs).sum() <= max(1, ours.size // 10_000)
+    for i, p in enumerate(jpegs):
+        np.save(tmp_path / f"{i}.npy", ref.predict(read_rgb(p)) > 0)
+    code = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from carseg import _native\n"
+        "from carseg.imageio import read_rgb\n"
+        "fused = _native.Predictor(sys.argv[1], backend='torchscript', onednn_fusion=True)\n"
+        "for i, p in enumerate(sys.argv[3:]):\n"
+        "    im, b = read_rgb(p), np.load(Path(sys.argv[2]) / f'{i}.npy')\n"
+        "    for _ in range(3):  # profiling runs first, then the fused graph\n"
+        "        a = fused.predict(im) > 0\n"
+        "    print((a & b).sum() / max(1, (a | b).sum()), (a != b).sum() / a.size)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_artifacts), str(tmp_path),
+                        *map(str, jpegs)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [tuple(map(float, line.split())) for line in r.stdout.splitlines()]
+    assert len(rows) == len(jpegs), r.stdout
+    assert all(iou >= 0.999 and differ <= 1e-4 for iou, differ in rows), rows
 
 
 # ---------------------------------------------------------------------------- outputs

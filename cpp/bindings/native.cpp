@@ -93,8 +93,11 @@ std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& m
                                                   const std::string& device,
                                                   const std::string& precision,
                                                   std::optional<double> threshold,
-                                                  const std::string& backend, bool cuda_graphs) {
+                                                  const std::string& backend, bool cuda_graphs,
+                                                  bool exact, bool onednn_fusion) {
   carseg::PredictorOptions options;
+  options.exact = exact;
+  options.onednn_fusion = onednn_fusion;
   options.device = device;
   options.precision = carseg::parse_precision(precision);
   options.threshold = threshold;
@@ -142,12 +145,16 @@ PYBIND11_MODULE(_native, m) {
   py::class_<carseg::Predictor>(m, "Predictor", kPredictorDoc)
       .def(py::init(&make_predictor), py::arg("model_dir"), py::arg("device") = "cpu", py::arg("precision") = "fp32",
            py::arg("threshold") = py::none(), py::arg("backend") = "auto",
-           py::arg("cuda_graphs") = true,
+           py::arg("cuda_graphs") = true, py::kw_only(), py::arg("exact") = true,
+           py::arg("onednn_fusion") = false,
            R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
 device "cpu", "cuda" or "cuda:N"; precision "fp32" or "fp16" (CUDA only); threshold in (0, 1)
 overrides the manifest's; backend "auto", "torchscript" or "aoti"; cuda_graphs: capture and
-replay a CUDA graph per batch shape (CUDA only).)")
+replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
+kernels, faster, masks may differ from the op-for-op reference where a logit is within float
+rounding of the threshold. onednn_fusion=True (CPU, TorchScript): oneDNN Graph fusion, faster
+at batch 1; it is process-wide and stays on for every TorchScript module in the process.)")
       .def(
           "predict",
           [](const carseg::Predictor& self, const py::handle& image) {

@@ -1,11 +1,22 @@
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/jit/codegen/onednn/interface.h>
+#include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/script.h>
+
+#include <mutex>
 
 #include "carseg/backend.h"
 #include "carseg/error.h"
 
 namespace carseg {
 namespace {
+
+// The oneDNN Graph (LLGA) fuser is a process-wide TorchScript pass: once on, frozen CPU graphs
+// get conv + bias + ReLU (+ add) fused into oneDNN partitions. It changes nothing on CUDA.
+void enable_onednn_fusion() {
+  static std::once_flag once;
+  std::call_once(once, [] { torch::jit::RegisterLlgaFuseGraph::setEnabled(true); });
+}
 
 class TorchScriptBackend final : public Backend {
  public:
@@ -18,6 +29,9 @@ class TorchScriptBackend final : public Backend {
       throw Error(file.string(), std::string("cannot load TorchScript: ") + e.what_without_backtrace());
     }
     module_.eval();
+    if (options_.onednn_fusion && !device_.is_cuda()) {
+      enable_onednn_fusion();
+    }
     if (options_.optimize_for_inference) {
       try {
         module_ = torch::jit::optimize_for_inference(module_);

@@ -243,13 +243,17 @@ struct Predictor::Impl {
                                  std::to_string(im.size(1)));
       }
     }
+    const bool fused = !options.exact && device.is_cpu();
     auto postprocess = [&](const torch::Tensor& logits) {
       std::vector<torch::Tensor> out;
       out.reserve(images.size());
       for (std::size_t i = 0; i < images.size(); ++i) {
-        const torch::Tensor hw = pre->postprocess_logits(logits[static_cast<int64_t>(i)],
-                                                         static_cast<int>(images[i].size(0)),
-                                                         static_cast<int>(images[i].size(1)));
+        const int h = static_cast<int>(images[i].size(0)), w = static_cast<int>(images[i].size(1));
+        if (fused && finish == &Preprocessor::mask_from_logits) {
+          out.push_back(pre->mask_fused(logits[static_cast<int64_t>(i)], h, w, threshold));
+          continue;
+        }
+        const torch::Tensor hw = pre->postprocess_logits(logits[static_cast<int64_t>(i)], h, w);
         // Threshold on the device, then copy only the result back.
         out.push_back(finish(hw, threshold).to(torch::kCPU));
       }
@@ -263,7 +267,10 @@ struct Predictor::Impl {
       return postprocess(forward_locked(batch, true));
     }
 #endif
-    const torch::Tensor batch = pre->preprocess_batch(images);
+    bool cpu_images = true;
+    for (const auto& im : images) cpu_images = cpu_images && im.device().is_cpu();
+    const torch::Tensor batch = fused && cpu_images ? pre->preprocess_batch_fused(images)
+                                                    : pre->preprocess_batch(images);
     torch::Tensor logits;
     {
       std::lock_guard lock(mu);
@@ -338,6 +345,7 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
     ts_options.file_dtype = a.precision == "fp16" ? torch::kHalf : torch::kFloat32;
     ts_options.autocast_fp16 = options.precision == Precision::kFp16 && a.precision != "fp16";
     ts_options.optimize_for_inference = options.optimize_for_inference;
+    ts_options.onednn_fusion = options.onednn_fusion;
     m.backend = make_torchscript_backend(m.manifest.artifact_path(ts), m.device, ts_options);
   }
   m.run_dtype = m.backend->input_dtype();

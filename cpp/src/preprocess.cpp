@@ -1,5 +1,9 @@
 #include "carseg/preprocess.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include "carseg/error.h"
@@ -16,6 +20,43 @@ std::string shape_of(const torch::Tensor& t) {
 torch::Tensor bilinear(const torch::Tensor& x, int height, int width) {
   // F.interpolate(mode="bilinear", align_corners=False, antialias=False) with an explicit size.
   return at::upsample_bilinear2d(x, {height, width}, /*align_corners=*/false);
+}
+
+// Source indices and weights of bilinear resampling along one axis, align_corners=False, as
+// ATen computes them: src = scale * (dst + 0.5) - 0.5 clamped at 0, scale = in / out.
+struct LinearAxis {
+  std::vector<int64_t> i0, i1;
+  std::vector<float> w0, w1;
+};
+
+LinearAxis linear_axis(int64_t in, int64_t out) {
+  LinearAxis a;
+  a.i0.resize(out);
+  a.i1.resize(out);
+  a.w0.resize(out);
+  a.w1.resize(out);
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  for (int64_t d = 0; d < out; ++d) {
+    if (in == out) {
+      a.i0[d] = a.i1[d] = d;
+      a.w0[d] = 1.0f;
+      a.w1[d] = 0.0f;
+      continue;
+    }
+    const float src = std::max(scale * (static_cast<float>(d) + 0.5f) - 0.5f, 0.0f);
+    const int64_t i0 = std::min(static_cast<int64_t>(src), in - 1);
+    const float l = std::clamp(src - static_cast<float>(i0), 0.0f, 1.0f);
+    a.i0[d] = i0;
+    a.i1[d] = i0 + (i0 < in - 1 ? 1 : 0);
+    a.w1[d] = l;
+    a.w0[d] = 1.0f - l;
+  }
+  return a;
+}
+
+void check_cpu_u8(const torch::Tensor& image) {
+  check_image(image);
+  if (!image.device().is_cpu()) throw Error("image", "the fused kernels take CPU images");
 }
 
 }  // namespace
@@ -61,6 +102,93 @@ torch::Tensor Preprocessor::preprocess_batch(const std::vector<torch::Tensor>& i
   out.reserve(images.size());
   for (const auto& im : images) out.push_back(preprocess(im));
   return torch::stack(out);
+}
+
+void Preprocessor::preprocess_fused(const torch::Tensor& image_in, float* out) const {
+  check_cpu_u8(image_in);
+  const torch::Tensor image = image_in.contiguous();
+  const int64_t h = image.size(0), w = image.size(1), s = spec_.size;
+  const auto [nh, nw] = spec_.resized_shape(static_cast<int>(h), static_cast<int>(w));
+  const LinearAxis ay = linear_axis(h, nh), ax = linear_axis(w, nw);
+  const std::uint8_t* src = image.data_ptr<std::uint8_t>();
+  float mean[3], inv[3], pad[3];
+  for (int c = 0; c < 3; ++c) {
+    // As the reference: float32(mean) * max_pixel_value, rounded to float32.
+    mean[c] = static_cast<float>(static_cast<float>(spec_.mean[c]) *
+                                 static_cast<float>(spec_.max_pixel_value));
+    const float sd = static_cast<float>(static_cast<float>(spec_.std[c]) *
+                                        static_cast<float>(spec_.max_pixel_value));
+    inv[c] = sd;
+    pad[c] = (static_cast<float>(spec_.pad_value) - mean[c]) / sd;
+  }
+  const int64_t plane = s * s;
+  at::parallel_for(0, s, 16, [&](int64_t y0, int64_t y1) {
+    for (int64_t y = y0; y < y1; ++y) {
+      float* row[3] = {out + y * s, out + plane + y * s, out + 2 * plane + y * s};
+      if (y >= nh) {
+        for (int c = 0; c < 3; ++c) std::fill(row[c], row[c] + s, pad[c]);
+        continue;
+      }
+      const std::uint8_t* r0 = src + ay.i0[y] * w * 3;
+      const std::uint8_t* r1 = src + ay.i1[y] * w * 3;
+      const float wy0 = ay.w0[y], wy1 = ay.w1[y];
+      for (int64_t x = 0; x < nw; ++x) {
+        const int64_t a = ax.i0[x] * 3, b = ax.i1[x] * 3;
+        const float wx0 = ax.w0[x], wx1 = ax.w1[x];
+        for (int c = 0; c < 3; ++c) {
+          const float t0 = static_cast<float>(r0[a + c]) * wx0 + static_cast<float>(r0[b + c]) * wx1;
+          const float t1 = static_cast<float>(r1[a + c]) * wx0 + static_cast<float>(r1[b + c]) * wx1;
+          row[c][x] = (t0 * wy0 + t1 * wy1 - mean[c]) / inv[c];
+        }
+      }
+      for (int c = 0; c < 3; ++c) std::fill(row[c] + nw, row[c] + s, pad[c]);
+    }
+  });
+}
+
+torch::Tensor Preprocessor::preprocess_batch_fused(const std::vector<torch::Tensor>& images) const {
+  if (images.empty()) throw Error("images", "expected at least one image, got an empty list");
+  const int64_t s = spec_.size;
+  torch::Tensor out = torch::empty({static_cast<int64_t>(images.size()), 3, s, s}, torch::kFloat32);
+  float* p = out.data_ptr<float>();
+  for (std::size_t i = 0; i < images.size(); ++i) preprocess_fused(images[i], p + i * 3 * s * s);
+  return out;
+}
+
+torch::Tensor Preprocessor::mask_fused(const torch::Tensor& logits_in, int height, int width,
+                                       double threshold) const {
+  if (!(threshold > 0.0 && threshold < 1.0))
+    throw Error("threshold", "expected a value in (0, 1), got " + std::to_string(threshold));
+  torch::Tensor logits = logits_in;
+  if (logits.dim() == 3 && logits.size(0) == 1) logits = logits[0];
+  const int64_t s = spec_.size;
+  if (logits.dim() != 2 || logits.size(0) != s || logits.size(1) != s || !logits.device().is_cpu()) {
+    throw Error("logits", "expected CPU logits [" + std::to_string(s) + ", " + std::to_string(s) +
+                              "], got " + shape_of(logits));
+  }
+  logits = logits.to(torch::kFloat32).contiguous();
+  const auto [nh, nw] = spec_.resized_shape(height, width);
+  const LinearAxis ay = linear_axis(nh, height), ax = linear_axis(nw, width);
+  const float cut = static_cast<float>(std::log(threshold / (1.0 - threshold)));
+  const float* src = logits.data_ptr<float>();
+  torch::Tensor mask = torch::empty({height, width}, torch::kUInt8);
+  std::uint8_t* dst = mask.data_ptr<std::uint8_t>();
+  at::parallel_for(0, height, 64, [&](int64_t y0, int64_t y1) {
+    // Upsampling: many output rows share a pair of source rows. Blend the pair once (nw
+    // values), then each output pixel is one blend along x.
+    std::vector<float> blended(static_cast<std::size_t>(nw));
+    for (int64_t y = y0; y < y1; ++y) {
+      const float* r0 = src + ay.i0[y] * s;
+      const float* r1 = src + ay.i1[y] * s;
+      const float wy0 = ay.w0[y], wy1 = ay.w1[y];
+      for (int64_t j = 0; j < nw; ++j) blended[j] = r0[j] * wy0 + r1[j] * wy1;
+      std::uint8_t* out = dst + y * width;
+      for (int64_t x = 0; x < width; ++x) {
+        out[x] = blended[ax.i0[x]] * ax.w0[x] + blended[ax.i1[x]] * ax.w1[x] > cut ? 1 : 0;
+      }
+    }
+  });
+  return mask;
 }
 
 torch::Tensor Preprocessor::postprocess_logits(const torch::Tensor& logits_in, int height,

@@ -52,12 +52,19 @@ class Predictor:
         threshold: float | None = None,
         backend: Literal["auto", "torchscript", "aoti"] = "auto",
         cuda_graphs: bool = True,
+        *,
+        exact: bool = True,
+        onednn_fusion: bool = False,
     ) -> None:
         """Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
         device "cpu", "cuda" or "cuda:N"; precision "fp16" needs CUDA; threshold in (0, 1)
         overrides the manifest's; cuda_graphs: capture and replay a CUDA graph per batch shape
-        (CUDA only). Raises CarsegError.
+        (CUDA only). exact=False (CPU): fused pre/post-processing kernels, faster; masks may
+        differ from the op-for-op reference where a logit is within float rounding of the
+        threshold. onednn_fusion=True (CPU, TorchScript): oneDNN Graph fusion, faster at batch
+        1; process-wide, it stays on for every TorchScript module in the process. Raises
+        CarsegError.
         """
     @overload
     def predict(self, image: _U8) -> _U8: ...

@@ -25,6 +25,9 @@ struct TorchScriptOptions {
   bool autocast_fp16 = false;
   /// torch::jit::optimize_for_inference (faster on CPU; results may differ in the last bits).
   bool optimize_for_inference = false;
+  /// CPU: oneDNN Graph fusion of the frozen graph (process-wide; results may differ in the
+  /// last bits).
+  bool onednn_fusion = false;
   /// Precision recorded in the manifest for this file.
   torch::ScalarType file_dtype = torch::kFloat32;
 };

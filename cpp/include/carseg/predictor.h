@@ -41,6 +41,16 @@ struct PredictorOptions {
   BackendKind backend = BackendKind::kAuto;
   int warmup_iters = 2;           // forward passes at construction
   bool optimize_for_inference = false;  // TorchScript: faster on CPU, not bit-identical
+  /// CPU, TorchScript: oneDNN Graph fusion of the frozen graph (conv + bias + ReLU/add in one
+  /// oneDNN partition). Faster at batch 1; logits differ from unfused ones by float rounding.
+  /// It is a process-wide TorchScript pass: once on, it stays on for every CPU TorchScript
+  /// module in the process.
+  bool onednn_fusion = false;
+  /// true: pre- and post-processing op for op as the Python reference (bit-identical on the
+  /// CPU). false (CPU only): fused kernels (Preprocessor::preprocess_fused, mask_fused), one
+  /// pass over the pixels and no full-size float images; a mask pixel whose logit is within
+  /// float rounding of the threshold can differ from the reference.
+  bool exact = true;
 };
 
 /// Loads an artifact folder (manifest.json + model file), checks it, warms it up, and turns

@@ -25,6 +25,21 @@ class Preprocessor {
   [[nodiscard]] static torch::Tensor mask_from_logits(const torch::Tensor& logits_hw,
                                                       double threshold);
 
+  // Fused CPU kernels: the same geometry and arithmetic in one pass over the pixels, without
+  // the full-resolution float images the op-for-op path allocates. Not bit-identical to it:
+  // interpolation rounds differently in the last bit of a float (a few 1e-6 on pixel values),
+  // so a mask pixel whose logit is within that of the threshold can flip.
+
+  /// uint8 [H, W, 3] on the CPU -> writes float32 [3, size, size] at `out` (contiguous).
+  void preprocess_fused(const torch::Tensor& image_hwc_u8, float* out) const;
+  /// CPU images -> float32 [N, 3, size, size] on the CPU, through preprocess_fused.
+  [[nodiscard]] torch::Tensor preprocess_batch_fused(const std::vector<torch::Tensor>& images) const;
+  /// float logits [size, size] (or [1, size, size]) on the CPU -> uint8 mask [height, width]
+  /// in {0, 1}: the padding cropped, resized and thresholded in one pass. The threshold is
+  /// applied to the logit (sigmoid(x) > t  <=>  x > log(t / (1 - t))): no sigmoid per pixel.
+  [[nodiscard]] torch::Tensor mask_fused(const torch::Tensor& logits, int height, int width,
+                                         double threshold) const;
+
   [[nodiscard]] const PreprocessSpec& spec() const { return spec_; }
   [[nodiscard]] const torch::Device& device() const { return device_; }
 
