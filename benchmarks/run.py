@@ -102,16 +102,22 @@ def run_backend(backend: B.Backend, x_by_size: dict[int, torch.Tensor],
 
 
 def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: list[int],
-              iters: int, warmup: int, flops: dict[int, int], peak: dict[str, float]
-              ) -> dict[str, Any]:
-    """carseg_infer bench (the model alone, from C++) at the same sizes and batches."""
-    entry: dict[str, Any] = {"backend": "carseg_infer", "cells": [], "raw": []}
+              iters: int, warmup: int, flops: dict[int, int], peak: dict[str, float],
+              backend: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """carseg_infer bench (the model alone, from C++) on one artifact, at the same sizes and
+    batches: "carseg_infer/torchscript" beside "torchscript" (the same file from Python)."""
+    name = f"carseg_infer/{backend}"
+    entry: dict[str, Any] = {"backend": name, "cells": [], "raw": []}
+    if not any(a.get("format", k) == backend for k, a in manifest["artifacts"].items()):
+        entry["skipped"] = f"no {backend} artifact in the folder"
+        log.info("  %-22s skipped: %s", name, entry["skipped"])
+        return entry
     for size in sizes:
         result = B.cpp_bench(artifacts, device, batches_for(size, batches, device), iters,
-                             warmup, size)
+                             warmup, size, backend=backend)
         if isinstance(result, str):
             entry["skipped"] = result
-            log.info("  %-18s skipped: %s", "carseg_infer", result)
+            log.info("  %-22s skipped: %s", name, result)
             return entry
         entry["raw"].append(result)
         entry["precision"] = result.get("precision", "fp32")
@@ -125,7 +131,7 @@ def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: 
             key = "matmul_float32_tflops"
             cell["share_of_peak"] = cell["achieved_tflops"] / peak[key] if peak.get(key) else None
             entry["cells"].append(cell)
-            log.info("  %-18s %4d px batch %-4d p50 %8.2f ms  %8.1f img/s", "carseg_infer",
+            log.info("  %-22s %4d px batch %-4d p50 %8.2f ms  %8.1f img/s", name,
                      size, row["batch"], row["p50_ms"], cell["throughput_img_s"])
     return entry
 
@@ -177,19 +183,20 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     if exe is None:
         add({"pipeline": "carseg_infer infer", "skipped": "carseg_infer not built"})
         return rows
-    report = work / "cpp_report.json"
-    proc = subprocess.run([exe, "infer", "--model", str(artifacts), "--input", str(jpegs),
-                           "--output", str(work / "cpp"), "--device", device.type,
-                           "--report", str(report)], capture_output=True, text=True,
-                          timeout=3600)
-    if proc.returncode != 0:
-        add({"pipeline": "carseg_infer infer",
-             "skipped": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"})
-    else:
+    for extra in ([], ["--exact"]):
+        label = " ".join(["carseg_infer infer", *extra])
+        report = work / f"cpp_report{len(extra)}.json"
+        proc = subprocess.run([exe, "infer", "--model", str(artifacts), "--input", str(jpegs),
+                               "--output", str(work / f"cpp{len(extra)}"), "--device",
+                               device.type, "--report", str(report), *extra],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            add({"pipeline": label,
+                 "skipped": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"})
+            continue
         rep = json.loads(report.read_text())
-        add({"pipeline": f"carseg_infer infer (batch {rep['batch']})",
-             "images": rep["succeeded"], "seconds": rep["seconds"],
-             "images_per_s": rep["images_per_second"]})
+        add({"pipeline": f"{label} (batch {rep['batch']})", "images": rep["succeeded"],
+             "seconds": rep["seconds"], "images_per_s": rep["images_per_second"]})
     return rows
 
 
@@ -380,8 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      compile_=not args.no_compile):
         results["backends"].append(run_backend(backend, x_by_size, ref_by_size, batches, iters,
                                                warmup, flops, peak, args.max_seconds))
-    results["backends"].append(cpp_entry(args.artifacts, device, batches, sizes, iters, warmup,
-                                         flops, peak))
+    for cpp_backend in ("torchscript", "aoti"):
+        results["backends"].append(cpp_entry(args.artifacts, device, batches, sizes, iters,
+                                             warmup, flops, peak, cpp_backend, manifest))
     reason = B.bindings_skip_reason()
     results["backends"].append({"backend": "bindings", "cells": [], "skipped": reason})
     log.info("  %-18s skipped: %s", "bindings", reason)
