@@ -316,6 +316,23 @@ std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, R
   return out;
 }
 
+// RGB pixels where the mask is set, white elsewhere. Car and background come in long runs:
+// whole runs are copied or filled.
+void composite_on_white(const std::uint8_t* src, const std::uint8_t* mask, std::uint8_t* dst,
+                        std::size_t n) {
+  for (std::size_t i = 0; i < n;) {
+    const bool car = mask[i] != 0;
+    std::size_t j = i + 1;
+    while (j < n && (mask[j] != 0) == car) ++j;
+    if (car) {
+      std::memcpy(dst + 3 * i, src + 3 * i, 3 * (j - i));
+    } else {
+      std::memset(dst + 3 * i, 255, 3 * (j - i));
+    }
+    i = j;
+  }
+}
+
 }  // namespace
 
 std::vector<std::uint8_t> encode_png(const std::uint8_t* pixels, int width, int height,
@@ -367,14 +384,8 @@ std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* 
       });
     case CutoutMode::kWhitePng:
       return encode_png_rows(image.width, image.height, 3, [&](int y, std::uint8_t* dst) {
-        const std::uint8_t* src = image.pixels.data() + 3 * w * static_cast<std::size_t>(y);
-        const std::uint8_t* m = mask + w * static_cast<std::size_t>(y);
-        for (std::size_t x = 0; x < w; ++x) {
-          const std::uint8_t keep = m[x] ? 0xff : 0x00;  // branch-free: car keeps, rest white
-          dst[3 * x] = static_cast<std::uint8_t>(src[3 * x] | ~keep);
-          dst[3 * x + 1] = static_cast<std::uint8_t>(src[3 * x + 1] | ~keep);
-          dst[3 * x + 2] = static_cast<std::uint8_t>(src[3 * x + 2] | ~keep);
-        }
+        const std::size_t row = w * static_cast<std::size_t>(y);
+        composite_on_white(image.pixels.data() + 3 * row, mask + row, dst, w);
       });
     case CutoutMode::kWhiteJpeg:
       break;
@@ -383,14 +394,7 @@ std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* 
   white.width = image.width;
   white.height = image.height;
   white.pixels.resize(3 * n);
-  const std::uint8_t* src = image.pixels.data();
-  std::uint8_t* dst = white.pixels.data();
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::uint8_t keep = mask[i] ? 0xff : 0x00;
-    dst[3 * i] = static_cast<std::uint8_t>(src[3 * i] | ~keep);
-    dst[3 * i + 1] = static_cast<std::uint8_t>(src[3 * i + 1] | ~keep);
-    dst[3 * i + 2] = static_cast<std::uint8_t>(src[3 * i + 2] | ~keep);
-  }
+  composite_on_white(image.pixels.data(), mask, white.pixels.data(), n);
   return encode_jpeg(white, jpeg_quality);
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <sstream>
 
 #include "carseg/error.h"
@@ -173,6 +174,12 @@ torch::Tensor Preprocessor::mask_fused(const torch::Tensor& logits_in, int heigh
   const float* src = logits.data_ptr<float>();
   torch::Tensor mask = torch::empty({height, width}, torch::kUInt8);
   std::uint8_t* dst = mask.data_ptr<std::uint8_t>();
+  // Output columns that blend the same two source columns, as runs [begin, end).
+  std::vector<int64_t> runs = {0};
+  for (int64_t x = 1; x < width; ++x) {
+    if (ax.i0[x] != ax.i0[x - 1] || ax.i1[x] != ax.i1[x - 1]) runs.push_back(x);
+  }
+  runs.push_back(width);
   at::parallel_for(0, height, 64, [&](int64_t y0, int64_t y1) {
     // Upsampling: many output rows share a pair of source rows. Blend the pair once (nw
     // values), then each output pixel is one blend along x.
@@ -183,8 +190,19 @@ torch::Tensor Preprocessor::mask_fused(const torch::Tensor& logits_in, int heigh
       const float wy0 = ay.w0[y], wy1 = ay.w1[y];
       for (int64_t j = 0; j < nw; ++j) blended[j] = r0[j] * wy0 + r1[j] * wy1;
       std::uint8_t* out = dst + y * width;
-      for (int64_t x = 0; x < width; ++x) {
-        out[x] = blended[ax.i0[x]] * ax.w0[x] + blended[ax.i1[x]] * ax.w1[x] > cut ? 1 : 0;
+      for (std::size_t k = 0; k + 1 < runs.size(); ++k) {
+        const int64_t xb = runs[k], xe = runs[k + 1];
+        const float b0 = blended[ax.i0[xb]], b1 = blended[ax.i1[xb]];
+        // Every blend of b0 and b1 lies between them: where both are clearly on one side of
+        // the cut (by far more than rounding), the whole run is that side.
+        const float margin = 1e-5f * (1.0f + std::max(std::abs(b0), std::abs(b1)));
+        if (std::min(b0, b1) > cut + margin) {
+          std::memset(out + xb, 1, static_cast<std::size_t>(xe - xb));
+        } else if (std::max(b0, b1) < cut - margin) {
+          std::memset(out + xb, 0, static_cast<std::size_t>(xe - xb));
+        } else {
+          for (int64_t x = xb; x < xe; ++x) out[x] = b0 * ax.w0[x] + b1 * ax.w1[x] > cut ? 1 : 0;
+        }
       }
     }
   });
