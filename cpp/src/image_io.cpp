@@ -72,7 +72,7 @@ void check_pixels(const std::string& name, long long w, long long h, std::int64_
 }
 
 Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name,
-                  std::int64_t max_pixels) {
+                  std::int64_t max_pixels, std::vector<std::uint8_t>& storage) {
   TjHandle tj(tjInitDecompress());
   if (!tj) throw Error(name, std::string("cannot start the JPEG decoder: ") + tjGetErrorStr2(nullptr));
   int w = 0, h = 0, subsamp = 0, colorspace = 0;
@@ -86,6 +86,7 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name,
   Image img;
   img.width = w;
   img.height = h;
+  img.pixels = std::move(storage);
   img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
   // STOPONWARNING: a truncated file ("Premature end of JPEG file") is an error, not a grey tail.
   if (tjDecompress2(tj.get(), data, size, img.pixels.data(), w, 0, h, TJPF_RGB,
@@ -122,7 +123,7 @@ void check_header_size(std::span<const std::uint8_t> b, Format f, const std::str
 }
 
 Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const char* kind,
-                 std::int64_t max_pixels) {
+                 std::int64_t max_pixels, std::vector<std::uint8_t>& storage) {
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int len = static_cast<int>(std::min<std::size_t>(bytes.size(), INT32_MAX));
   int w = 0, h = 0, comp = 0;
@@ -139,6 +140,7 @@ Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, c
   img.width = w;
   img.height = h;
   const std::size_t n = static_cast<std::size_t>(w) * h;
+  img.pixels = std::move(storage);
   img.pixels.resize(n * 3);
   const stbi_uc* src = rgba.get();
   std::uint8_t* dst = img.pixels.data();
@@ -177,23 +179,34 @@ std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {
 }
 
 Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
-                   std::int64_t max_pixels) {
+                   std::int64_t max_pixels, std::vector<std::uint8_t> storage) {
   if (bytes.empty()) throw Error(name, "empty file (0 bytes)");
   const Format format = sniff(bytes);
   check_header_size(bytes, format, name, max_pixels);
   switch (format) {
     case Format::kJpeg:
-      return decode_jpeg(bytes, name, max_pixels);
+      return decode_jpeg(bytes, name, max_pixels, storage);
     case Format::kPng:
-      return decode_stb(bytes, name, "PNG", max_pixels);
+      return decode_stb(bytes, name, "PNG", max_pixels, storage);
     case Format::kGif:
-      return decode_stb(bytes, name, "GIF", max_pixels);
+      return decode_stb(bytes, name, "GIF", max_pixels, storage);
     case Format::kBmp:
-      return decode_stb(bytes, name, "BMP", max_pixels);
+      return decode_stb(bytes, name, "BMP", max_pixels, storage);
     case Format::kUnknown:
       break;
   }
   throw Error(name, "not an image: its first bytes are not a JPEG, PNG, GIF or BMP signature");
+}
+
+Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
+                   std::int64_t max_pixels) {
+  return decode_image(bytes, name, max_pixels, {});
+}
+
+Image read_image(const std::filesystem::path& path, std::vector<std::uint8_t> storage,
+                 std::int64_t max_pixels) {
+  const std::vector<std::uint8_t> bytes = read_file(path);
+  return decode_image(bytes, path.string(), max_pixels, std::move(storage));
 }
 
 Image read_image(const std::filesystem::path& path, std::int64_t max_pixels) {
@@ -275,7 +288,6 @@ std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, R
     throw Error("png", "cannot encode a " + std::to_string(width) + "x" + std::to_string(height) +
                            " image");
   const std::size_t stride = static_cast<std::size_t>(width) * channels;
-  const std::size_t raw = (stride + 1) * static_cast<std::size_t>(height);
   DeflateStream d(/*level=*/1, channels == 1 ? Z_RLE : Z_DEFAULT_STRATEGY);
 
   static constexpr std::uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
@@ -288,27 +300,34 @@ std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, R
   std::vector<std::uint8_t> out(kSignature, kSignature + 8);
   append_chunk(out, "IHDR", ihdr, sizeof ihdr);
 
-  // The IDAT chunk is compressed in place: header now, length and CRC patched at the end.
+  // The IDAT chunk: header now, length and CRC patched at the end. zlib writes into a small
+  // buffer that is appended as it fills, so the output is never sized (and zeroed) for the
+  // worst case.
   const std::size_t idat = out.size();
-  const std::size_t bound = deflateBound(&d.zs, static_cast<uLong>(raw));
-  out.resize(idat + 8 + bound);
+  out.resize(idat + 8);
   std::memcpy(&out[idat + 4], "IDAT", 4);
-  d.zs.next_out = &out[idat + 8];
-  d.zs.avail_out = static_cast<uInt>(bound);
+  std::vector<std::uint8_t> chunk(std::size_t{1} << 16);
   std::vector<std::uint8_t> line(stride + 1, 0);  // filter byte 0, then the row
+  auto drain = [&](int flush) {
+    int rc;
+    do {
+      d.zs.next_out = chunk.data();
+      d.zs.avail_out = static_cast<uInt>(chunk.size());
+      rc = deflate(&d.zs, flush);
+      if (rc == Z_STREAM_ERROR) throw Error("png", "zlib failed to compress the image");
+      out.insert(out.end(), chunk.data(), chunk.data() + (chunk.size() - d.zs.avail_out));
+    } while (d.zs.avail_out == 0 || (flush == Z_FINISH && rc != Z_STREAM_END));
+  };
   for (int y = 0; y < height; ++y) {
     row(y, line.data() + 1);
     d.zs.next_in = line.data();
     d.zs.avail_in = static_cast<uInt>(line.size());
-    const int flush = y + 1 == height ? Z_FINISH : Z_NO_FLUSH;
-    const int rc = deflate(&d.zs, flush);
-    if (rc == Z_STREAM_ERROR || (flush == Z_FINISH && rc != Z_STREAM_END) || d.zs.avail_in != 0)
-      throw Error("png", "zlib failed to compress the image");
+    drain(y + 1 == height ? Z_FINISH : Z_NO_FLUSH);
+    if (d.zs.avail_in != 0) throw Error("png", "zlib did not take a whole row");
   }
-  const std::size_t size = d.zs.total_out;
+  const std::size_t size = out.size() - idat - 8;
   if (size > 0x7fffffffu) throw Error("png", "image data too large for one PNG chunk");
   put_u32(&out[idat], static_cast<std::uint32_t>(size));
-  out.resize(idat + 8 + size);
   out.resize(idat + 12 + size);
   put_u32(&out[idat + 8 + size],
           static_cast<std::uint32_t>(crc32(0, &out[idat + 4], static_cast<uInt>(size + 4))));
@@ -398,6 +417,15 @@ std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* 
   return encode_jpeg(white, jpeg_quality);
 }
 
+std::vector<std::uint8_t> encode_cutout_in_place(Image& image, const std::uint8_t* mask,
+                                                 CutoutMode mode, int jpeg_quality) {
+  if (mode != CutoutMode::kWhiteJpeg) return encode_cutout(image, mask, mode, jpeg_quality);
+  const std::size_t n = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.height);
+  if (image.pixels.size() != 3 * n) throw Error("cutout", "image buffer does not match its size");
+  composite_on_white(image.pixels.data(), mask, image.pixels.data(), n);
+  return encode_jpeg(image, jpeg_quality);
+}
+
 void write_mask_png(const std::filesystem::path& path, const std::uint8_t* mask, int width,
                     int height) {
   write_file_atomic(path, encode_mask_png(mask, width, height));
@@ -406,6 +434,11 @@ void write_mask_png(const std::filesystem::path& path, const std::uint8_t* mask,
 void write_cutout(const std::filesystem::path& path, const Image& image, const std::uint8_t* mask,
                   CutoutMode mode, int jpeg_quality) {
   write_file_atomic(path, encode_cutout(image, mask, mode, jpeg_quality));
+}
+
+void write_cutout_in_place(const std::filesystem::path& path, Image& image,
+                           const std::uint8_t* mask, CutoutMode mode, int jpeg_quality) {
+  write_file_atomic(path, encode_cutout_in_place(image, mask, mode, jpeg_quality));
 }
 
 }  // namespace carseg

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -111,6 +113,81 @@ TEST(ImageIo, PngRoundTripIsExact) {
   EXPECT_EQ(back.width, 37);
   EXPECT_EQ(back.height, 21);
   EXPECT_EQ(back.pixels, img.pixels);
+}
+
+// Noise does not compress: over 64 KiB of deflate output, so the encoder drains its output
+// buffer many times; every channel count, read back bit for bit (stb checks the zlib stream).
+TEST(ImageIo, LargeNoisyPngRoundTripsForEveryChannelCount) {
+  TempDir dir;
+  std::mt19937 rng(5);
+  for (const int channels : {1, 3, 4}) {
+    const int w = 301, h = 203;
+    std::vector<std::uint8_t> px(static_cast<std::size_t>(w) * h * channels);
+    for (auto& v : px) v = static_cast<std::uint8_t>(rng());
+    const std::vector<std::uint8_t> png = carseg::encode_png(px.data(), w, h, channels);
+    EXPECT_GT(png.size(), px.size());  // incompressible: stored blocks plus headers
+    carseg::write_file_atomic(dir / "n.png", png);
+    const Image back = carseg::read_image(dir / "n.png");
+    ASSERT_EQ(back.width, w);
+    ASSERT_EQ(back.height, h);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(w) * h; ++i) {
+      for (int c = 0; c < 3; ++c) {
+        // gray -> RGB; RGBA composited on white by the reader
+        const int src = channels == 1 ? px[i] : px[i * channels + c];
+        const int a = channels == 4 ? px[i * 4 + 3] : 255;
+        const int want = (src * a + 255 * (255 - a) + 127) / 255;
+        ASSERT_EQ(back.pixels[3 * i + c], want) << channels << " channels, pixel " << i;
+      }
+    }
+  }
+  EXPECT_THROW((void)carseg::encode_png(nullptr, 10, 10, 2), carseg::Error);
+  EXPECT_THROW((void)carseg::encode_png(nullptr, 0, 10, 3), carseg::Error);
+}
+
+// Decoding into a recycled buffer gives the same image whatever the buffer held, and larger,
+// smaller or equal buffers all work.
+TEST(ImageIo, ReadImageIntoRecycledStorage) {
+  TempDir dir;
+  const Image img = gradient(40, 30);
+  carseg::write_file_atomic(dir / "a.png", carseg::encode_png(img.pixels.data(), 40, 30, 3));
+  carseg::write_file_atomic(dir / "a.jpg", carseg::encode_jpeg(img, 95));
+  for (const char* name : {"a.png", "a.jpg"}) {
+    const Image fresh = carseg::read_image(dir / name);
+    for (const std::size_t size : {std::size_t{0}, std::size_t{100}, fresh.pixels.size(),
+                                   fresh.pixels.size() * 3}) {
+      const Image again = carseg::read_image(dir / name, std::vector<std::uint8_t>(size, 77));
+      EXPECT_EQ(again.width, 40);
+      EXPECT_EQ(again.pixels, fresh.pixels) << name << " into a buffer of " << size;
+    }
+  }
+  EXPECT_THROW((void)carseg::read_image(dir / "missing.png", std::vector<std::uint8_t>(10)),
+               carseg::Error);
+}
+
+// In place: the same JPEG bytes as encode_cutout, and the photo's pixels become the cutout.
+TEST(ImageIo, CutoutInPlaceEqualsCopy) {
+  const Image img = gradient(64, 48);
+  std::vector<std::uint8_t> mask(64 * 48);
+  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (i % 64 > 20 && i / 64 < 30) ? 1 : 0;
+  for (const auto mode : {carseg::CutoutMode::kWhiteJpeg, carseg::CutoutMode::kWhitePng,
+                          carseg::CutoutMode::kTransparentPng}) {
+    Image work = img;
+    EXPECT_EQ(carseg::encode_cutout_in_place(work, mask.data(), mode),
+              carseg::encode_cutout(img, mask.data(), mode));
+    if (mode == carseg::CutoutMode::kWhiteJpeg) {
+      for (std::size_t i = 0; i < mask.size(); ++i) {
+        for (int c = 0; c < 3; ++c) {
+          EXPECT_EQ(work.pixels[3 * i + c], mask[i] ? img.pixels[3 * i + c] : 255);
+        }
+      }
+    } else {
+      EXPECT_EQ(work.pixels, img.pixels);  // row-streamed PNG modes leave the photo alone
+    }
+  }
+  Image bad = img;
+  bad.pixels.resize(10);
+  EXPECT_THROW((void)carseg::encode_cutout_in_place(bad, mask.data(), carseg::CutoutMode::kWhiteJpeg),
+               carseg::Error);
 }
 
 TEST(ImageIo, JpegRoundTripIsClose) {

@@ -26,6 +26,11 @@ inline constexpr std::int64_t kDefaultMaxPixels = 80'000'000;
 /// file for a missing, empty, truncated, corrupt, non-image or oversized file.
 [[nodiscard]] Image read_image(const std::filesystem::path& path,
                                std::int64_t max_pixels = kDefaultMaxPixels);
+/// read_image decoding into `storage`'s memory (pixels of an Image the caller is done with):
+/// a folder of same-sized photos then decodes without fresh pages or zero-filling.
+[[nodiscard]] Image read_image(const std::filesystem::path& path,
+                               std::vector<std::uint8_t> storage,
+                               std::int64_t max_pixels = kDefaultMaxPixels);
 /// Same from bytes in memory; `name` is used in messages.
 [[nodiscard]] Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
                                  std::int64_t max_pixels = kDefaultMaxPixels);
@@ -49,9 +54,19 @@ enum class CutoutMode { kNone, kWhiteJpeg, kWhitePng, kTransparentPng };
 [[nodiscard]] std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* mask,
                                                       CutoutMode mode, int jpeg_quality = 95);
 
+/// encode_cutout for a caller done with the photo: the white background is painted into
+/// `image`'s own pixels (no copy), which hold the cutout afterwards.
+[[nodiscard]] std::vector<std::uint8_t> encode_cutout_in_place(Image& image,
+                                                               const std::uint8_t* mask,
+                                                               CutoutMode mode,
+                                                               int jpeg_quality = 95);
+
 void write_mask_png(const std::filesystem::path& path, const std::uint8_t* mask, int width,
                     int height);
 void write_cutout(const std::filesystem::path& path, const Image& image, const std::uint8_t* mask,
                   CutoutMode mode, int jpeg_quality = 95);
+
+void write_cutout_in_place(const std::filesystem::path& path, Image& image,
+                           const std::uint8_t* mask, CutoutMode mode, int jpeg_quality = 95);
 
 }  // namespace carseg
