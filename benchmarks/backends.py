@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +208,10 @@ def bindings_skip_reason() -> str:
 
 
 def cpp_bench(artifacts: Path, device: torch.device, batches: list[int], iters: int,
-              warmup: int, size: int, graphs: bool = True,
-              backend: str = "auto") -> dict[str, Any] | str:
-    """carseg_infer bench --json (its defaults: on the CPU fused pre/post-processing and
-    oneDNN Graph fusion of TorchScript): returns its JSON, or the reason it could not run."""
+              warmup: int, size: int, graphs: bool = True, backend: str = "auto",
+              extra: Sequence[str] = ()) -> dict[str, Any] | str:
+    """carseg_infer bench --json [extra flags]: returns its JSON, or the reason it could not
+    run."""
     exe = shutil.which("carseg_infer", path=str(Path(sys.executable).parent)) or \
         shutil.which("carseg_infer")
     if exe is None:
@@ -219,7 +220,7 @@ def cpp_bench(artifacts: Path, device: torch.device, batches: list[int], iters: 
     cmd = [exe, "bench", "--model", str(artifacts), "--device", device.type,
            "--batch", ",".join(map(str, batches)), "--iters", str(iters),
            "--warmup", str(warmup), "--size", str(size), "--json", str(out),
-           "--backend", backend]
+           "--backend", backend, *extra]
     if not graphs:
         cmd.append("--no-graphs")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)

@@ -103,10 +103,12 @@ def run_backend(backend: B.Backend, x_by_size: dict[int, torch.Tensor],
 
 def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: list[int],
               iters: int, warmup: int, flops: dict[int, int], peak: dict[str, float],
-              backend: str, manifest: dict[str, Any]) -> dict[str, Any]:
+              backend: str, manifest: dict[str, Any], fusion: bool = False
+              ) -> dict[str, Any]:
     """carseg_infer bench (the model alone, from C++) on one artifact, at the same sizes and
-    batches: "carseg_infer/torchscript" beside "torchscript" (the same file from Python)."""
-    name = f"carseg_infer/{backend}"
+    batches: "carseg_infer/torchscript" beside "torchscript" (the same file from Python);
+    fusion: with --onednn-fusion ("carseg_infer/torchscript+onednn")."""
+    name = f"carseg_infer/{backend}" + ("+onednn" if fusion else "")
     entry: dict[str, Any] = {"backend": name, "cells": [], "raw": []}
     if not any(a.get("format", k) == backend for k, a in manifest["artifacts"].items()):
         entry["skipped"] = f"no {backend} artifact in the folder"
@@ -114,7 +116,8 @@ def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: 
         return entry
     for size in sizes:
         result = B.cpp_bench(artifacts, device, batches_for(size, batches, device), iters,
-                             warmup, size, backend=backend)
+                             warmup, size, backend=backend,
+                             extra=["--onednn-fusion"] if fusion else [])
         if isinstance(result, str):
             entry["skipped"] = result
             log.info("  %-22s skipped: %s", name, result)
@@ -387,9 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      compile_=not args.no_compile):
         results["backends"].append(run_backend(backend, x_by_size, ref_by_size, batches, iters,
                                                warmup, flops, peak, args.max_seconds))
-    for cpp_backend in ("torchscript", "aoti"):
+    for cpp_backend, fusion in (("torchscript", False), ("torchscript", True), ("aoti", False)):
+        if fusion and device.type != "cpu":
+            continue
         results["backends"].append(cpp_entry(args.artifacts, device, batches, sizes, iters,
-                                             warmup, flops, peak, cpp_backend, manifest))
+                                             warmup, flops, peak, cpp_backend, manifest, fusion))
     reason = B.bindings_skip_reason()
     results["backends"].append({"backend": "bindings", "cells": [], "skipped": reason})
     log.info("  %-18s skipped: %s", "bindings", reason)

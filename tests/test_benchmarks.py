@@ -10,7 +10,8 @@ from benchmarks.measure import parity, percentile
 from benchmarks.run import main
 
 EXPECTED = {"eager", "eager-cl", "torchscript", "onnxruntime", "aoti", "torch.compile",
-            "carseg_infer/torchscript", "carseg_infer/aoti", "bindings"}
+            "carseg_infer/torchscript", "carseg_infer/torchscript+onednn", "carseg_infer/aoti",
+            "bindings"}
 
 
 def test_quick_run_reports_every_backend(tiny_artifacts: Path, tmp_path: Path) -> None:
