@@ -1,6 +1,5 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/jit/codegen/onednn/interface.h>
-#include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/script.h>
 
 #include <mutex>

@@ -335,8 +335,15 @@ std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, R
   return out;
 }
 
-// RGB pixels where the mask is set, white elsewhere. Car and background come in long runs:
-// whole runs are copied or filled.
+// Pixels of an Image, after checking that its buffer holds width x height RGB pixels.
+std::size_t checked_pixel_count(const Image& image) {
+  const std::size_t n = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.height);
+  if (image.pixels.size() != 3 * n) throw Error("cutout", "image buffer does not match its size");
+  return n;
+}
+
+// RGB pixels where the mask is set, white elsewhere; dst may be src (in place). Car and
+// background come in long runs: whole runs are copied or filled.
 void composite_on_white(const std::uint8_t* src, const std::uint8_t* mask, std::uint8_t* dst,
                         std::size_t n) {
   for (std::size_t i = 0; i < n;) {
@@ -344,7 +351,7 @@ void composite_on_white(const std::uint8_t* src, const std::uint8_t* mask, std::
     std::size_t j = i + 1;
     while (j < n && (mask[j] != 0) == car) ++j;
     if (car) {
-      std::memcpy(dst + 3 * i, src + 3 * i, 3 * (j - i));
+      if (dst != src) std::memcpy(dst + 3 * i, src + 3 * i, 3 * (j - i));
     } else {
       std::memset(dst + 3 * i, 255, 3 * (j - i));
     }
@@ -385,8 +392,7 @@ std::vector<std::uint8_t> encode_mask_png(const std::uint8_t* mask, int width, i
 std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* mask,
                                         CutoutMode mode, int jpeg_quality) {
   const std::size_t w = static_cast<std::size_t>(image.width);
-  const std::size_t n = w * static_cast<std::size_t>(image.height);
-  if (image.pixels.size() != 3 * n) throw Error("cutout", "image buffer does not match its size");
+  const std::size_t n = checked_pixel_count(image);
   switch (mode) {
     case CutoutMode::kNone:
       throw Error("cutout", "mode none has no image to encode");
@@ -420,8 +426,7 @@ std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* 
 std::vector<std::uint8_t> encode_cutout_in_place(Image& image, const std::uint8_t* mask,
                                                  CutoutMode mode, int jpeg_quality) {
   if (mode != CutoutMode::kWhiteJpeg) return encode_cutout(image, mask, mode, jpeg_quality);
-  const std::size_t n = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.height);
-  if (image.pixels.size() != 3 * n) throw Error("cutout", "image buffer does not match its size");
+  const std::size_t n = checked_pixel_count(image);
   composite_on_white(image.pixels.data(), mask, image.pixels.data(), n);
   return encode_jpeg(image, jpeg_quality);
 }

@@ -79,10 +79,17 @@ Preprocessor::Preprocessor(PreprocessSpec spec, torch::Device device)
   spec_.validate();
   // Same construction as Python: float32 tensor of the constants, times max_pixel_value.
   const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
-  mean_ = (torch::tensor({spec_.mean[0], spec_.mean[1], spec_.mean[2]}, opts) *
-           spec_.max_pixel_value).view({1, 3, 1, 1}).to(device_);
-  std_ = (torch::tensor({spec_.std[0], spec_.std[1], spec_.std[2]}, opts) *
-          spec_.max_pixel_value).view({1, 3, 1, 1}).to(device_);
+  const torch::Tensor mean = torch::tensor({spec_.mean[0], spec_.mean[1], spec_.mean[2]}, opts) *
+                             spec_.max_pixel_value;
+  const torch::Tensor sd = torch::tensor({spec_.std[0], spec_.std[1], spec_.std[2]}, opts) *
+                           spec_.max_pixel_value;
+  // The fused kernels read the very same float32 values.
+  for (int c = 0; c < 3; ++c) {
+    mean_px_[c] = mean[c].item<float>();
+    std_px_[c] = sd[c].item<float>();
+  }
+  mean_ = mean.view({1, 3, 1, 1}).to(device_);
+  std_ = sd.view({1, 3, 1, 1}).to(device_);
 }
 
 torch::Tensor Preprocessor::preprocess(const torch::Tensor& image) const {
@@ -112,15 +119,9 @@ void Preprocessor::preprocess_fused(const torch::Tensor& image_in, float* out) c
   const auto [nh, nw] = spec_.resized_shape(static_cast<int>(h), static_cast<int>(w));
   const LinearAxis ay = linear_axis(h, nh), ax = linear_axis(w, nw);
   const std::uint8_t* src = image.data_ptr<std::uint8_t>();
-  float mean[3], inv[3], pad[3];
+  float pad[3];
   for (int c = 0; c < 3; ++c) {
-    // As the reference: float32(mean) * max_pixel_value, rounded to float32.
-    mean[c] = static_cast<float>(static_cast<float>(spec_.mean[c]) *
-                                 static_cast<float>(spec_.max_pixel_value));
-    const float sd = static_cast<float>(static_cast<float>(spec_.std[c]) *
-                                        static_cast<float>(spec_.max_pixel_value));
-    inv[c] = sd;
-    pad[c] = (static_cast<float>(spec_.pad_value) - mean[c]) / sd;
+    pad[c] = (static_cast<float>(spec_.pad_value) - mean_px_[c]) / std_px_[c];
   }
   const int64_t plane = s * s;
   at::parallel_for(0, s, 16, [&](int64_t y0, int64_t y1) {
@@ -139,7 +140,7 @@ void Preprocessor::preprocess_fused(const torch::Tensor& image_in, float* out) c
         for (int c = 0; c < 3; ++c) {
           const float t0 = static_cast<float>(r0[a + c]) * wx0 + static_cast<float>(r0[b + c]) * wx1;
           const float t1 = static_cast<float>(r1[a + c]) * wx0 + static_cast<float>(r1[b + c]) * wx1;
-          row[c][x] = (t0 * wy0 + t1 * wy1 - mean[c]) / inv[c];
+          row[c][x] = (t0 * wy0 + t1 * wy1 - mean_px_[c]) / std_px_[c];
         }
       }
       for (int c = 0; c < 3; ++c) std::fill(row[c] + nw, row[c] + s, pad[c]);

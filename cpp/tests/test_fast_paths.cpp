@@ -20,7 +20,6 @@ namespace {
 
 using carseg::test::cases;
 using carseg::test::fixtures;
-using carseg::test::read_raw;
 using nlohmann::json;
 
 carseg::PreprocessSpec spec_of(int size) {
@@ -132,11 +131,7 @@ TEST(FastPredictor, AgreesWithPythonReference) {
   o.backend = carseg::BackendKind::kTorchScript;
   const carseg::Predictor predictor(fixtures() / "model", o);
   std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) {
-    const carseg::Image img = carseg::read_image(fixtures() / (e["name"].get<std::string>() + ".png"));
-    images.push_back(torch::from_blob(const_cast<std::uint8_t*>(img.pixels.data()),
-                                      {img.height, img.width, 3}, torch::kUInt8).clone());
-  }
+  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
   // Three rounds: the first calls run the profiling executor, later ones the fused graph.
   for (int round = 0; round < 3; ++round) {
     const std::vector<torch::Tensor> masks = predictor.predict_batch(images);
@@ -144,15 +139,11 @@ TEST(FastPredictor, AgreesWithPythonReference) {
     for (std::size_t i = 0; i < images.size(); ++i) {
       const json& e = c["images"][i];
       const int h = e["h"].get<int>(), w = e["w"].get<int>();
-      std::vector<std::uint8_t> m = read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + ".ref_mask.u8"));
-      const torch::Tensor want = torch::from_blob(m.data(), {h, w}, torch::kUInt8);
+      const torch::Tensor want = carseg::test::ref_mask(e);
       const int64_t differing = (masks[i] != want).sum().item<int64_t>();
       EXPECT_LE(differing, std::max(1, h * w / 10000)) << e["name"] << " round " << round;
-      const double inter = masks[i].logical_and(want).sum().item<double>();
-      const double uni = masks[i].logical_or(want).sum().item<double>();
-      EXPECT_GE(uni == 0 ? 1.0 : inter / uni, 0.999) << e["name"];
-      std::vector<float> l = read_raw<float>(fixtures() / (e["name"].get<std::string>() + ".ref_logits.f32"));
-      const torch::Tensor ref = torch::from_blob(l.data(), {h, w}, torch::kFloat32);
+      EXPECT_GE(carseg::test::iou(masks[i], want), 0.999) << e["name"];
+      const torch::Tensor ref = carseg::test::ref_logits(e);
       EXPECT_TRUE(torch::allclose(logits[i], ref, 1e-4, 1e-4))
           << e["name"] << ": max |diff| " << (logits[i] - ref).abs().max().item<float>();
     }

@@ -13,25 +13,10 @@ namespace {
 
 using carseg::test::cases;
 using carseg::test::fixtures;
-using carseg::test::read_raw;
+using carseg::test::iou;
+using carseg::test::ref_logits;
+using carseg::test::ref_mask;
 using nlohmann::json;
-
-torch::Tensor photo(const json& e) {
-  const carseg::Image img = carseg::read_image(fixtures() / (e["name"].get<std::string>() + ".png"));
-  return torch::from_blob(const_cast<std::uint8_t*>(img.pixels.data()), {img.height, img.width, 3},
-                          torch::kUInt8).clone();
-}
-
-torch::Tensor ref_mask(const json& e) {
-  std::vector<std::uint8_t> m = read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + ".ref_mask.u8"));
-  return torch::from_blob(m.data(), {e["h"].get<int>(), e["w"].get<int>()}, torch::kUInt8).clone();
-}
-
-double iou(const torch::Tensor& a, const torch::Tensor& b) {
-  const double inter = (a.logical_and(b)).sum().item<double>();
-  const double uni = (a.logical_or(b)).sum().item<double>();
-  return uni == 0 ? 1.0 : inter / uni;
-}
 
 // The Python reference ran the whole fixture set as one batch: so does this test, and on the
 // CPU the masks must be identical (IoU 1), the logits equal to float rounding.
@@ -42,7 +27,7 @@ TEST(Predictor, BatchMatchesPythonReference) {
   EXPECT_EQ(predictor.backend_name(), "torchscript");
   EXPECT_DOUBLE_EQ(predictor.threshold(), c["threshold"].get<double>());
   std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(photo(e));
+  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
   const std::vector<torch::Tensor> masks = predictor.predict_batch(images);
   const std::vector<torch::Tensor> logits = predictor.predict_logits(images);
   ASSERT_EQ(masks.size(), images.size());
@@ -55,10 +40,9 @@ TEST(Predictor, BatchMatchesPythonReference) {
     const torch::Tensor want = ref_mask(e);
     EXPECT_GE(iou(masks[i], want), 0.999) << e["name"];
     differing += (masks[i] != want).sum().item<int64_t>();
-    std::vector<float> l = read_raw<float>(fixtures() / (e["name"].get<std::string>() + ".ref_logits.f32"));
-    const torch::Tensor ref_logits = torch::from_blob(l.data(), {h, w}, torch::kFloat32);
-    EXPECT_TRUE(torch::allclose(logits[i], ref_logits, 1e-4, 1e-4))
-        << e["name"] << ": max |diff| " << (logits[i] - ref_logits).abs().max().item<float>();
+    const torch::Tensor want_logits = ref_logits(e);
+    EXPECT_TRUE(torch::allclose(logits[i], want_logits, 1e-4, 1e-4))
+        << e["name"] << ": max |diff| " << (logits[i] - want_logits).abs().max().item<float>();
   }
   EXPECT_EQ(differing, 0) << "mask pixels differing from the Python reference";
 }
@@ -68,12 +52,12 @@ TEST(Predictor, SingleImageAgreesWithBatchAndHasNontrivialMask) {
   const json c = cases();
   const carseg::Predictor predictor(fixtures() / "model");
   const json& e = c["images"][4];  // 480 x 640
-  const torch::Tensor mask = predictor.predict(photo(e));
+  const torch::Tensor mask = predictor.predict(carseg::test::png_photo(e));
   EXPECT_GE(iou(mask, ref_mask(e)), 0.999);
   const double fg = mask.to(torch::kFloat32).mean().item<double>();
   EXPECT_GT(fg, 0.01);
   EXPECT_LT(fg, 0.99);
-  const auto probs = predictor.predict_probabilities({photo(e)});
+  const auto probs = predictor.predict_probabilities({carseg::test::png_photo(e)});
   EXPECT_GE(probs[0].min().item<float>(), 0.0f);
   EXPECT_LE(probs[0].max().item<float>(), 1.0f);
 }
@@ -85,7 +69,7 @@ TEST(Predictor, ThresholdOverrideChangesTheMask) {
   lo.threshold = 0.05;
   hi.threshold = 0.95;
   lo.warmup_iters = hi.warmup_iters = 0;
-  const torch::Tensor img = photo(c["images"][1]);
+  const torch::Tensor img = carseg::test::png_photo(c["images"][1]);
   const auto a = carseg::Predictor(fixtures() / "model", lo).predict(img).sum().item<int64_t>();
   const auto b = carseg::Predictor(fixtures() / "model", hi).predict(img).sum().item<int64_t>();
   EXPECT_GT(a, b);
@@ -168,7 +152,7 @@ TEST(PredictorCuda, MatchesCpuAndCapturesGraphs) {
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
   std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(photo(e));
+  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
   carseg::PredictorOptions o;
   o.device = "cuda";
   const carseg::Predictor fp32(fixtures() / "model", o);

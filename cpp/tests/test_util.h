@@ -14,7 +14,10 @@
 #include <string>
 #include <vector>
 
+#include <torch/types.h>
+
 #include "carseg/error.h"
+#include "carseg/image_io.h"
 
 namespace carseg::test {
 
@@ -44,6 +47,34 @@ std::vector<T> read_raw(const std::filesystem::path& path) {
 inline void write_bytes(const std::filesystem::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+/// Fixture image `e` (an entry of cases.json), read from its PNG: uint8 [H, W, 3].
+inline torch::Tensor png_photo(const nlohmann::json& e) {
+  const carseg::Image img = carseg::read_image(fixtures() / (e["name"].get<std::string>() + ".png"));
+  return torch::from_blob(const_cast<std::uint8_t*>(img.pixels.data()), {img.height, img.width, 3},
+                          torch::kUInt8).clone();
+}
+
+/// The Python reference predictor's mask for fixture image `e`: uint8 [H, W].
+inline torch::Tensor ref_mask(const nlohmann::json& e) {
+  std::vector<std::uint8_t> m =
+      read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + ".ref_mask.u8"));
+  return torch::from_blob(m.data(), {e["h"].get<int>(), e["w"].get<int>()}, torch::kUInt8).clone();
+}
+
+/// The Python reference predictor's logits for fixture image `e`: float32 [H, W].
+inline torch::Tensor ref_logits(const nlohmann::json& e) {
+  std::vector<float> l =
+      read_raw<float>(fixtures() / (e["name"].get<std::string>() + ".ref_logits.f32"));
+  return torch::from_blob(l.data(), {e["h"].get<int>(), e["w"].get<int>()}, torch::kFloat32).clone();
+}
+
+/// Intersection over union of two masks (nonzero = set); 1 when both are empty.
+inline double iou(const torch::Tensor& a, const torch::Tensor& b) {
+  const double inter = a.logical_and(b).sum().item<double>();
+  const double uni = a.logical_or(b).sum().item<double>();
+  return uni == 0 ? 1.0 : inter / uni;
 }
 
 /// A fresh folder under the system temp dir, removed at the end of the test.

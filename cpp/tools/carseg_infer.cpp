@@ -673,7 +673,6 @@ int cmd_bench(int argc, char** argv) {
       input = fs::path(args.value(flag));
     } else if (flag == "--optimize") {
       common.options.optimize_for_inference = true;
-
     } else if (flag == "--size") {
       size = static_cast<int>(parse_int(flag, args.value(flag), 32, 8192));
       if (*size % 32 != 0) throw UsageError("--size: expected a multiple of 32, got " +
@@ -758,8 +757,6 @@ int cmd_bench(int argc, char** argv) {
   return kExitOk;
 }
 
-}  // namespace
-
 // libgomp, torch's OpenMP, reads its spin-wait setting once, when it is loaded, before main: a
 // thread waiting at a barrier spins 300,000 times before it sleeps. While decode and encode
 // threads share the cores with the model, that spinning took 17% of the CPU time of a folder
@@ -772,6 +769,8 @@ void restart_with_shorter_openmp_spin(char** argv) {
   ::execv("/proc/self/exe", argv);
   ::unsetenv("GOMP_SPINCOUNT");  // no /proc: go on with the default
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc >= 2 && (std::string_view(argv[1]) == "infer" || std::string_view(argv[1]) == "bench")) {

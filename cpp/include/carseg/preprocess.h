@@ -2,6 +2,7 @@
 
 #include <torch/types.h>
 
+#include <array>
 #include <vector>
 
 #include "carseg/manifest.h"
@@ -46,8 +47,10 @@ class Preprocessor {
  private:
   PreprocessSpec spec_;
   torch::Device device_;
-  torch::Tensor mean_;  // [1, 3, 1, 1] float32: mean * max_pixel_value
-  torch::Tensor std_;   // [1, 3, 1, 1] float32: std * max_pixel_value
+  std::array<float, 3> mean_px_{};  // float32(mean) * max_pixel_value, rounded to float32
+  std::array<float, 3> std_px_{};   // float32(std) * max_pixel_value, rounded to float32
+  torch::Tensor mean_;  // [1, 3, 1, 1] float32 on device_: mean_px_
+  torch::Tensor std_;   // [1, 3, 1, 1] float32 on device_: std_px_
 };
 
 /// Throws carseg::Error("image", "expected ..., got ...") unless uint8 [H, W, 3] with H, W >= 1.
