@@ -59,7 +59,7 @@ test-cpp: setup
 	$(VENV)/bin/ctest --test-dir $(BUILD) --output-on-failure -j2
 
 demo: setup
-	@$(PY) -m carseg.demo $(if $(DATA),--data $(DATA),)
+	@$(PY) python/demo.py $(if $(DATA),--data $(DATA),)
 
 clean:
 	rm -rf build demo

@@ -21,6 +21,7 @@ import torch
 
 from benchmarks import backends as B
 from benchmarks import measure as M
+from carseg.io.files import write_atomic
 
 log = logging.getLogger("benchmarks")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,8 +148,8 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     import subprocess
 
     from benchmarks import seed_script
-    from carseg.cutout import run_cutout
-    from carseg.predictor import open_predictor
+    from carseg.apps.cutout import run_cutout
+    from carseg.runtime.predictor import open_predictor
 
     photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     if not photos:
@@ -278,7 +279,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
                          f"{r['seconds_with_ray_start']:.1f} |")
     elif sc:
         lines += ["", f"Scaling out: skipped: {sc['skipped']}"]
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -416,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.scale)
         results["scale"] = scale.run(args.artifacts, photos, args.quick)
         results["scale_input"] = str(args.scale)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     plots = write_plots(results, out)
     log.info("wrote %s, %s and %d plot(s)", out / "results.json", out / "results.md", len(plots))

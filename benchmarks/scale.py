@@ -25,9 +25,9 @@ def _stats(lat_ms: list[float], seconds: float) -> dict[str, float]:
 
 def in_process(artifacts: Path, bodies: list[bytes], n: int) -> dict[str, float]:
     """decode + predict + encode, one request after another, no server."""
-    from carseg.imageio import decode_rgb
-    from carseg.inference import ReferencePredictor
-    from carseg.outputs import encode_mask_png
+    from carseg.io.encode import encode_mask_png
+    from carseg.io.images import decode_rgb
+    from carseg.runtime.reference import ReferencePredictor
 
     pred = ReferencePredictor(artifacts)
     lat = []
@@ -44,7 +44,7 @@ def served(artifacts: Path, bodies: list[bytes], concurrencies: list[int], per_c
     import ray
     from ray import serve
 
-    from carseg.serving import build_app
+    from carseg.apps.serve import build_app
 
     url = f"http://127.0.0.1:{port}/v1/segment"
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -82,7 +82,7 @@ def served(artifacts: Path, bodies: list[bytes], concurrencies: list[int], per_c
 
 
 def batch(artifacts: Path, folder: Path, workers_list: list[int]) -> list[dict[str, Any]]:
-    from carseg.batch import run_batch
+    from carseg.apps.batch import run_batch
 
     rows = []
     for workers in workers_list:

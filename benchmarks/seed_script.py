@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from carseg.transforms import build_transforms
+from carseg.train.transforms import build_transforms
 
 
 def run(artifacts: Path, photos: list[Path], out: Path) -> dict[str, float]:

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carseg.io.files import prepare_out_dir, staged
 from export import formats
-from export.files import prepare_out_dir, staged
 from export.manifest import (
     FORMATS,
     MANIFEST_NAME,

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carseg import __version__
+from carseg.cli import run_command
 from carseg.errors import CarsegError
+from carseg.io.files import write_atomic
 
 log = logging.getLogger("export")
 
@@ -107,9 +109,7 @@ def _run_verify(folder: Path, args: argparse.Namespace) -> int:
     sys.stdout.write(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        tmp.replace(args.json)
+        write_atomic(args.json, json.dumps(report, indent=2, default=str) + "\n")
         log.info("verify: report written to %s", args.json)
     failed = [r["artifact"] for r in report["artifacts"] if not r["passed"]]
     log.info("verify: %s in %.1f s", "all passed" if not failed else f"FAILED: {failed}",
@@ -191,7 +191,7 @@ def cmd_aoti_worker(args: argparse.Namespace) -> int:
     from export.api import aoti_worker
 
     info = aoti_worker(args.logdir, args.checkpoint, args.package, args.device, args.precision)
-    args.result.write_text(json.dumps(info))
+    write_atomic(args.result, json.dumps(info))
     return EXIT_OK
 
 
@@ -216,33 +216,30 @@ def build_parser() -> argparse.ArgumentParser:
     _log_flags(p, False)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("trace", help="write model.torchscript.pt (frozen TorchScript)",
-                       description="Write a frozen TorchScript model: float [N,3,H,W] "
-                                   "normalized in, logits [N,1,H,W] out, any N, H and W "
-                                   "multiples of 32.",
-                       epilog="example: python -m export trace --logdir logs/demo "
-                              "--out artifacts")
-    _common(s, ts=True)
-    s.set_defaults(func=cmd_export, format="torchscript")
-
-    s = sub.add_parser("onnx", help="write model.onnx (dynamic batch and H/W)",
-                       description="Write model.onnx: input `input`, output `logits`, dynamic "
-                                   "batch and H/W, checked with onnx.checker (full_check).",
-                       epilog="example: python -m export onnx --logdir logs/demo --out "
-                              "artifacts --opset 18")
-    _common(s, onnx=True)
-    s.set_defaults(func=cmd_export, format="onnx")
-
-    s = sub.add_parser("aoti", help="write model.pt2 (torch.export + AOTInductor)",
-                       description="Write model.pt2 with torch.export (dynamic batch and H/W) "
-                                   "and AOTInductor. The compile runs in a child process, so a "
-                                   "compiler crash is reported, not fatal.",
-                       epilog="example: python -m export aoti --logdir logs/demo --out "
-                              "artifacts --device cuda --precision fp16")
-    _common(s)
-    s.add_argument("--timeout", dest="aoti_timeout_s", type=float, default=1800.0,
-                   help="stop the compile after this many seconds (default: 1800)")
-    s.set_defaults(func=cmd_export, format="aoti")
+    # One subcommand a format: (name, format, help, description, example, _common options).
+    formats = [
+        ("trace", "torchscript", "write model.torchscript.pt (frozen TorchScript)",
+         "Write a frozen TorchScript model: float [N,3,H,W] normalized in, logits [N,1,H,W] "
+         "out, any N, H and W multiples of 32.",
+         "python -m export trace --logdir logs/demo --out artifacts", {"ts": True}),
+        ("onnx", "onnx", "write model.onnx (dynamic batch and H/W)",
+         "Write model.onnx: input `input`, output `logits`, dynamic batch and H/W, checked "
+         "with onnx.checker (full_check).",
+         "python -m export onnx --logdir logs/demo --out artifacts --opset 18", {"onnx": True}),
+        ("aoti", "aoti", "write model.pt2 (torch.export + AOTInductor)",
+         "Write model.pt2 with torch.export (dynamic batch and H/W) and AOTInductor. The "
+         "compile runs in a child process, so a compiler crash is reported, not fatal.",
+         "python -m export aoti --logdir logs/demo --out artifacts --device cuda "
+         "--precision fp16", {}),
+    ]
+    for name, fmt, help_, description, example, options in formats:
+        s = sub.add_parser(name, help=help_, description=description,
+                           epilog=f"example: {example}")
+        _common(s, **options)
+        if fmt == "aoti":
+            s.add_argument("--timeout", dest="aoti_timeout_s", type=float, default=1800.0,
+                           help="stop the compile after this many seconds (default: 1800)")
+        s.set_defaults(func=cmd_export, format=fmt)
 
     s = sub.add_parser("all", help="export several formats, then verify them",
                        description="Export the formats named by --formats, then run verify.",
@@ -313,12 +310,4 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format=prefix + "%(message)s", stream=sys.stderr, force=True)
     for name in ("export", "carseg"):
         logging.getLogger(name).setLevel(level)
-    name = "aoti-worker" if args.command == "aoti-worker" else "export"
-    try:
-        return int(args.func(args))
-    except (CarsegError, ValueError, FileNotFoundError, OSError) as e:
-        sys.stderr.write(f"{name}: error: {e}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{name}: interrupted\n")
-        return 130
+    return run_command("aoti-worker" if args.command == "aoti-worker" else "export", args)

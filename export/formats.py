@@ -181,7 +181,7 @@ def write_onnx(model: torch.nn.Module, path: Path, size: int, device: torch.devi
 def _ort_runner(path: Path, device: torch.device):
     """The reference predictor's ONNX Runtime runner; on the CPU when this onnxruntime has
     no CUDA provider (the check is of the file, not of the provider)."""
-    from carseg.inference import load_backend
+    from carseg.runtime.reference import load_backend
 
     if device.type == "cuda":
         import onnxruntime as ort

@@ -1,45 +1,33 @@
-"""manifest.json, schema version 1 (docs/manifest.md): read, check, merge, write atomically.
+"""manifest.json's writer: what the exporter records, merged into a folder atomically.
 
-The manifest is the only thing a consumer needs besides the model file. It is a frozen
-dataclass here; `load_manifest` checks the schema version and names any field that is
-missing, unknown or of the wrong type, so a consumer never gets a half-understood folder.
+The reader and its checks are carseg.runtime.manifest (every consumer reads through it); the
+names below are re-exported from there so that `export.manifest` still offers the whole
+contract to the exporter's own callers.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import hashlib
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from carseg.errors import CarsegError
-from carseg.preprocess import PreprocessSpec
+from carseg.io.files import write_atomic
+from carseg.runtime.manifest import (
+    FORMATS,
+    MANIFEST_NAME,
+    PRECISIONS,
+    SCHEMA_VERSION,
+    Manifest,
+    load_manifest,
+    sha256_file,
+)
 
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-
-FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
-PRECISIONS = {"fp32": "float32", "fp16": "float16"}
-
-_TOP = {"schema_version": int, "carseg_version": str, "created": str, "model": dict,
-        "source": dict, "preprocessing": dict, "input": dict, "output": dict,
-        "artifacts": dict, "versions": dict}
-_MODEL = {"arch": str, "encoder_name": str, "classes": int, "in_channels": int,
-          "parameters": int}
-_SOURCE = {"logdir": str, "checkpoint": str, "checkpoint_sha256": str, "valid": dict}
-_INPUT = {"name": str, "dtype": str, "shape": list}
-_OUTPUT = {"name": str, "dtype": str, "shape": list, "kind": str, "activation": str,
-           "threshold": float}
-_ARTIFACT = {"file": str, "format": str, "precision": str, "device": str, "sha256": str,
-             "bytes": int, "dynamic": dict, "export_seconds": float, "parity": (dict, type(None))}
-_ARTIFACT_OPTIONAL = {"opset": int}
-_PARITY = {"passed": bool, "max_abs_diff": (float, type(None)), "mask_iou": (float, type(None)),
-           "tolerance": dict, "cases": list, "checked_at": str}
+__all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA_VERSION", "Manifest",
+           "check_compatible", "load_manifest", "merge_artifact", "sha256_file", "utc_now",
+           "with_artifact", "with_parity", "write_manifest"]
 
 
 def utc_now() -> str:
@@ -47,160 +35,18 @@ def utc_now() -> str:
         "+00:00", "Z")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    path = Path(path)
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    return h.hexdigest()
+def with_artifact(manifest: Manifest, name: str, entry: dict[str, Any]) -> Manifest:
+    """A copy of `manifest` with artifact `name` added or replaced."""
+    arts = copy.deepcopy(manifest.artifacts)
+    arts[name] = copy.deepcopy(entry)
+    return Manifest(**{**manifest.to_json(), "artifacts": arts})
 
 
-def _type_name(t: Any) -> str:
-    if isinstance(t, tuple):
-        return " or ".join("null" if x is type(None) else x.__name__ for x in t)
-    return t.__name__
-
-
-def _check_fields(where: str, d: Any, fields: dict[str, Any],
-                  optional: dict[str, Any] | None = None) -> None:
-    """Raise ValueError naming the first missing/unknown/mistyped field of `d`."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
-    optional = optional or {}
-    missing = sorted(set(fields) - set(d))
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}")
-    unknown = sorted(set(d) - set(fields) - set(optional))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}")
-    for k, t in {**fields, **optional}.items():
-        if k not in d:
-            continue
-        v = d[k]
-        ok_types = t if isinstance(t, tuple) else (t,)
-        # JSON has one number type: accept an int where a float is expected, never a bool
-        if float in ok_types and isinstance(v, int) and not isinstance(v, bool):
-            continue
-        if isinstance(v, bool) and bool not in ok_types:
-            ok = False
-        else:
-            ok = isinstance(v, ok_types)
-        if not ok:
-            raise ValueError(f"{where}.{k}: expected {_type_name(t)}, got "
-                             f"{type(v).__name__} ({v!r:.60})")
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One artifact folder's manifest.json. Sections are plain JSON dicts, checked on load."""
-
-    carseg_version: str
-    created: str
-    model: dict[str, Any]
-    source: dict[str, Any]
-    preprocessing: dict[str, Any]
-    input: dict[str, Any]
-    output: dict[str, Any]
-    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    versions: dict[str, Any] = field(default_factory=dict)
-    schema_version: int = SCHEMA_VERSION
-
-    # ---- reading -------------------------------------------------------------------------
-    @classmethod
-    def from_json(cls, d: Any, source: str = MANIFEST_NAME) -> Manifest:
-        if not isinstance(d, dict):
-            raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{source}: schema_version {version!r} is not supported "
-                             f"(this reader knows schema_version {SCHEMA_VERSION})")
-        _check_fields(source, d, _TOP)
-        _check_fields(f"{source}: model", d["model"], _MODEL)
-        _check_fields(f"{source}: source", d["source"], _SOURCE)
-        _check_fields(f"{source}: input", d["input"], _INPUT)
-        _check_fields(f"{source}: output", d["output"], _OUTPUT)
-        try:
-            PreprocessSpec.from_json(d["preprocessing"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{source}: preprocessing: {e}") from None
-        for name, a in d["artifacts"].items():
-            where = f"{source}: artifacts.{name}"
-            if name not in FORMATS:
-                raise ValueError(f"{source}: artifacts: unknown artifact {name!r}; "
-                                 f"expected one of {sorted(FORMATS)}")
-            _check_fields(where, a, _ARTIFACT, _ARTIFACT_OPTIONAL)
-            if a["format"] != name:
-                raise ValueError(f"{where}.format: expected {name!r}, got {a['format']!r}")
-            if a["precision"] not in PRECISIONS:
-                raise ValueError(f"{where}.precision: expected one of {sorted(PRECISIONS)}, "
-                                 f"got {a['precision']!r}")
-            if Path(a["file"]).name != a["file"]:
-                raise ValueError(f"{where}.file: expected a file name in the folder, "
-                                 f"got {a['file']!r}")
-            if len(a["sha256"]) != 64:
-                raise ValueError(f"{where}.sha256: expected 64 hex digits, got {a['sha256']!r}")
-            _check_fields(f"{where}.dynamic", a["dynamic"], {"batch": bool, "spatial": bool})
-            if a["parity"] is not None:
-                _check_fields(f"{where}.parity", a["parity"], _PARITY)
-        return cls(**{k: copy.deepcopy(v) for k, v in d.items()})
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "carseg_version": self.carseg_version,
-            "created": self.created,
-            "model": copy.deepcopy(self.model),
-            "source": copy.deepcopy(self.source),
-            "preprocessing": copy.deepcopy(self.preprocessing),
-            "input": copy.deepcopy(self.input),
-            "output": copy.deepcopy(self.output),
-            "artifacts": copy.deepcopy(self.artifacts),
-            "versions": copy.deepcopy(self.versions),
-        }
-
-    # ---- conveniences --------------------------------------------------------------------
-    @property
-    def spec(self) -> PreprocessSpec:
-        return PreprocessSpec.from_json(self.preprocessing)
-
-    @property
-    def threshold(self) -> float:
-        return float(self.output["threshold"])
-
-    def artifact(self, name: str, source: str = MANIFEST_NAME) -> dict[str, Any]:
-        if name not in self.artifacts:
-            raise ValueError(f"{source}: no {name!r} artifact (has {sorted(self.artifacts)})")
-        return self.artifacts[name]
-
-    def with_artifact(self, name: str, entry: dict[str, Any]) -> Manifest:
-        arts = copy.deepcopy(self.artifacts)
-        arts[name] = copy.deepcopy(entry)
-        return Manifest(**{**self.to_json(), "artifacts": arts})
-
-    def with_parity(self, name: str, parity: dict[str, Any] | None) -> Manifest:
-        entry = dict(self.artifact(name))
-        entry["parity"] = copy.deepcopy(parity)
-        return self.with_artifact(name, entry)
-
-
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and check a manifest.json (a folder is taken to hold one)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest (export the model with `python -m "
-                                f"export` first)")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    return Manifest.from_json(d, source=str(path))
+def with_parity(manifest: Manifest, name: str, parity: dict[str, Any] | None) -> Manifest:
+    """A copy of `manifest` with artifact `name`'s parity fields replaced."""
+    entry = dict(manifest.artifact(name))
+    entry["parity"] = copy.deepcopy(parity)
+    return with_artifact(manifest, name, entry)
 
 
 def write_manifest(manifest: Manifest, folder: str | Path) -> Path:
@@ -208,17 +54,7 @@ def write_manifest(manifest: Manifest, folder: str | Path) -> Path:
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     Manifest.from_json(manifest.to_json(), source=str(path))  # never write what we can't read
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest.to_json(), f, indent=2)
-            f.write("\n")
-        from export.files import publish
-
-        publish(Path(tmp), path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(manifest.to_json(), indent=2) + "\n")
     return path
 
 
@@ -239,7 +75,7 @@ def merge_artifact(folder: str | Path, base: Manifest, name: str,
                              "created": old.created})
     else:
         merged = base
-    merged = merged.with_artifact(name, entry)
+    merged = with_artifact(merged, name, entry)
     write_manifest(merged, folder)
     return merged
 

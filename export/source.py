@@ -18,10 +18,10 @@ import torch
 import yaml
 
 from carseg import __version__ as carseg_version
-from carseg.config import RESOLVED_NAME, train_step
 from carseg.errors import CarsegError, ConfigError
-from carseg.models import build_model, model_spec
-from carseg.preprocess import PreprocessSpec
+from carseg.runtime.preprocess import PreprocessSpec
+from carseg.train.config import RESOLVED_NAME, train_step
+from carseg.train.models import build_model, model_spec
 from export.manifest import PRECISIONS, Manifest, sha256_file, utc_now
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from carseg.errors import CarsegError
-from export.files import prepare_out_dir
+from carseg.io.files import prepare_out_dir, write_atomic
 from export.manifest import MANIFEST_NAME, load_manifest, sha256_file
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def _config(name: str, backend: str, inp: dict[str, Any], out: dict[str, Any], m
 
 def _write_config(config, path: Path) -> None:
     _, text_format = _pb()
-    path.write_text(text_format.MessageToString(config))
+    write_atomic(path, text_format.MessageToString(config))
 
 
 def build_repository(artifacts: Path, out: Path, *, max_batch: int = 16, instances: int = 1,
@@ -148,7 +148,7 @@ def build_repository(artifacts: Path, out: Path, *, max_batch: int = 16, instanc
         written.append(name)
         log.info("triton: wrote %s (%s)", folder, key)
     shutil.copyfile(artifacts / MANIFEST_NAME, out / MANIFEST_NAME)
-    (out / "README.md").write_text(_readme(written, manifest.to_json()))
+    write_atomic(out / "README.md", _readme(written, manifest.to_json()))
     return written
 
 

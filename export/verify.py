@@ -1,7 +1,7 @@
 """Prove each artifact computes what the trained model computes.
 
 For every artifact in a folder: its sha256 still matches the manifest; then, on fresh random
-inputs and on real photos (through carseg.preprocess), at batch 1 and a larger batch and at
+inputs and on real photos (through carseg.runtime.preprocess), at batch 1 and a larger batch and at
 the manifest's size and another multiple of 32 (for an artifact that is spatially dynamic),
 its logits are compared with eager PyTorch rebuilt from the logdir: max |diff| of logits and
 IoU of the thresholded masks. The result goes into the manifest's `parity` fields.
@@ -21,9 +21,9 @@ import torch
 import yaml
 
 from carseg.errors import CarsegError
-from carseg.imageio import read_rgb
-from carseg.inference import load_backend
-from carseg.preprocess import PreprocessSpec, preprocess_batch
+from carseg.io.images import read_rgb
+from carseg.runtime.preprocess import PreprocessSpec, preprocess_batch
+from carseg.runtime.reference import load_backend
 from export.manifest import (
     FORMATS,
     MANIFEST_NAME,
@@ -31,6 +31,7 @@ from export.manifest import (
     load_manifest,
     sha256_file,
     utc_now,
+    with_parity,
     write_manifest,
 )
 from export.source import Source, build_eager, load_source
@@ -98,7 +99,7 @@ def find_images(images: str | Path | None, source: Source) -> list[Path]:
 def _valid_csv(source: Source) -> Path | None:
     try:
         config = yaml.safe_load(source.config_path.read_text())
-        from carseg.config import train_step
+        from carseg.train.config import train_step
 
         path = train_step(config)["loaders"]["valid"]["dataset"]["csv_path"]
         return Path(path)
@@ -255,7 +256,7 @@ def verify(folder: str | Path, images: str | Path | None = None,
                              tolerances[entry["precision"]])
         results.append(res)
         if res["parity"] is not None and record:
-            manifest = manifest.with_parity(name, res["parity"])
+            manifest = with_parity(manifest, name, res["parity"])
     if record:
         write_manifest(manifest, folder)
         log.info("verify: parity recorded in %s", folder / MANIFEST_NAME)

@@ -17,8 +17,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic photos (160x240) of 3 cars, with dataset_train/valid.csv."""
-    from carseg.prepare import prepare
-    from carseg.synth import write_dataset
+    from carseg.datasets.prepare import prepare
+    from carseg.datasets.synth import write_dataset
 
     root = tmp_path_factory.mktemp("tiny_data")
     write_dataset(root, 24, size=(160, 240), seed=7, views=8)
@@ -29,7 +29,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run_config(data: Path, logdir: Path) -> dict:
     """The demo config cut down for tests: 1 epoch at 64 px, no loader workers, and no random
     augmentation, so that with the seeded initial weights the run is the same every time."""
-    from carseg.train import prepare_config
+    from carseg.train.run import prepare_config
 
     config = prepare_config([TRAIN_YML], logdir=logdir, data=data, epochs=1, image_size=64)
     step = config["run"][0]
@@ -47,7 +47,7 @@ def tiny_logdir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     Holds config.resolved.yml, checkpoints/model.best.pth and summary.json.
     """
-    from carseg.train import run_config
+    from carseg.train.run import run_config
 
     logdir = tmp_path_factory.mktemp("tiny_run") / "logs"
     run_config(tiny_run_config(tiny_data, logdir))

@@ -15,8 +15,10 @@
 #include <utility>
 #include <vector>
 
+#include "carseg/cutout.h"
 #include "carseg/error.h"
 #include "carseg/image_io.h"
+#include "carseg/pipeline.h"
 #include "carseg/predictor.h"
 
 namespace py = pybind11;
@@ -89,6 +91,19 @@ std::vector<torch::Tensor> tensors_of(const std::vector<Image>& images) {
   return out;
 }
 
+// One image in: converted, `f(tensor)` run on the core without the GIL, the result converted
+// back (numpy in, numpy out).
+template <class F>
+py::object on_image(const py::handle& image, F&& f) {
+  const Image im = to_image(image);
+  torch::Tensor out;
+  {
+    py::gil_scoped_release release;
+    out = f(im.tensor);
+  }
+  return from_tensor(out, im.numpy);
+}
+
 std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& model_dir,
                                                   const std::string& device,
                                                   const std::string& precision,
@@ -119,6 +134,63 @@ Thread safety: the GIL is released while the core works, and one Predictor may b
 several threads at once. The model's forward pass runs one at a time (on CUDA the whole call
 does); on the CPU one call's resize/normalize and resize-back/threshold overlap another call's
 forward pass. Do not modify an input array from another thread while a call reads it.
+)";
+
+std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predictor, int batch,
+                                                int workers, const std::optional<std::string>& cutout,
+                                                int jpeg_quality, const py::object& progress) {
+  carseg::PipelineOptions options;
+  options.batch = batch;
+  options.workers = workers;
+  options.cutout.reset();
+  if (cutout) options.cutout = carseg::parse_background(*cutout);
+  options.jpeg_quality = jpeg_quality;
+  if (!progress.is_none()) {
+    // Called on the thread that runs the pipeline, which has released the GIL. A display must
+    // not stop the run: what the callback raises is reported by Python and dropped.
+    options.progress = [progress](std::size_t done, std::size_t total, std::size_t failed, bool last) {
+      py::gil_scoped_acquire gil;
+      try {
+        progress(done, total, failed, last);
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("carseg pipeline progress callback");
+      }
+    };
+  }
+  return std::make_unique<carseg::Pipeline>(predictor, std::move(options));
+}
+
+py::dict report_dict(const carseg::PipelineReport& report) {
+  auto path_or_none = [](const std::filesystem::path& p) -> py::object {
+    return p.empty() ? py::none() : py::object(py::str(p.string()));
+  };
+  py::list results;
+  for (const carseg::PhotoResult& r : report.results) {
+    py::dict d;
+    d["input"] = r.input.string();
+    d["ok"] = r.ok;
+    d["error"] = r.error;
+    d["width"] = r.width;
+    d["height"] = r.height;
+    d["mask"] = path_or_none(r.mask);
+    d["cutout"] = path_or_none(r.cutout);
+    d["foreground"] = r.foreground;
+    results.append(d);
+  }
+  py::dict out;
+  out["results"] = results;
+  out["seconds"] = report.seconds;
+  out["succeeded"] = report.succeeded();
+  out["failed"] = report.failed();
+  return out;
+}
+
+constexpr const char* kPipelineDoc = R"(libcarseg's folder pipeline over a Predictor: what carseg_infer runs.
+
+Photos are decoded on worker threads, predicted in batches, and their mask (NAME_mask.png) and
+cutout (NAME_cutout.jpg on white, NAME_cutout.png transparent, or none) encoded and written on
+worker threads, all overlapped, each file under a temporary name and then renamed. A photo that
+fails is that photo's error; the others go on.
 )";
 
 }  // namespace
@@ -158,25 +230,15 @@ at batch 1; it is process-wide and stays on for every TorchScript module in the 
       .def(
           "predict",
           [](const carseg::Predictor& self, const py::handle& image) {
-            const Image im = to_image(image);
-            torch::Tensor mask;
-            {
-              py::gil_scoped_release release;
-              mask = self.predict(im.tensor);
-            }
-            return from_tensor(mask, im.numpy);
+            return on_image(image, [&](const torch::Tensor& t) { return self.predict(t); });
           },
           py::arg("image"), "uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}.")
       .def(
           "predict_proba",
           [](const carseg::Predictor& self, const py::handle& image) {
-            const Image im = to_image(image);
-            torch::Tensor proba;
-            {
-              py::gil_scoped_release release;
-              proba = self.predict_probabilities({im.tensor})[0];
-            }
-            return from_tensor(proba, im.numpy);
+            return on_image(image, [&](const torch::Tensor& t) {
+              return self.predict_probabilities({t})[0];
+            });
           },
           py::arg("image"),
           "uint8 [H, W, 3] RGB -> float32 [H, W] car probability (sigmoid of the logits); "
@@ -209,13 +271,7 @@ at batch 1; it is process-wide and stays on for every TorchScript module in the 
           "cutout",
           [](const carseg::Predictor& self, const py::handle& image, const std::string& background) {
             const carseg::Background bg = carseg::parse_background(background);
-            const Image im = to_image(image);
-            torch::Tensor out;
-            {
-              py::gil_scoped_release release;
-              out = self.cutout(im.tensor, bg);
-            }
-            return from_tensor(out, im.numpy);
+            return on_image(image, [&](const torch::Tensor& t) { return self.cutout(t, bg); });
           },
           py::arg("image"), py::arg("background") = "white",
           R"(The photo with its background removed, at the photo's size.
@@ -261,4 +317,28 @@ alpha 255 on the car and 0 elsewhere.)")
            << "\")";
         return ss.str();
       });
+
+  py::class_<carseg::Pipeline>(m, "Pipeline", kPipelineDoc)
+      .def(py::init(&make_pipeline), py::arg("predictor"), py::kw_only(), py::arg("batch") = 8,
+           py::arg("workers") = 2, py::arg("cutout") = "white", py::arg("jpeg_quality") = 95,
+           py::arg("progress") = py::none(),
+           py::keep_alive<1, 2>(),  // the pipeline holds a reference to the predictor
+           R"(batch: photos per forward pass; workers: decode threads and as many encode threads;
+cutout "white", "transparent" or None (masks only); progress(done, total, failed, last), called
+after each batch and at the end.)")
+      .def(
+          "run",
+          [](const carseg::Pipeline& self, const std::vector<std::filesystem::path>& photos,
+             const std::filesystem::path& output) {
+            carseg::PipelineReport report;
+            {
+              py::gil_scoped_release release;
+              report = self.run(photos, output);
+            }
+            return report_dict(report);
+          },
+          py::arg("photos"), py::arg("output"),
+          R"(Photos (paths) in, outputs in the folder `output` (created). Returns {"results": [one
+dict a photo, in order: input, ok, error, width, height, mask, cutout, foreground], "seconds",
+"succeeded", "failed"}. Raises CarsegError only when `output` cannot be created or written.)");
 }

@@ -1,4 +1,4 @@
-#include "carseg/backend.h"
+#include "detail/backend.h"
 #include "carseg/error.h"
 
 #if __has_include(<torch/csrc/inductor/aoti_package/model_package_loader.h>)
@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #endif
 
-namespace carseg {
+namespace carseg::detail {
 
 #if defined(CARSEG_HAS_AOTI)
 namespace {
@@ -69,4 +69,4 @@ std::unique_ptr<Backend> make_aoti_backend(const std::filesystem::path& file,
 
 #endif
 
-}  // namespace carseg
+}  // namespace carseg::detail

@@ -4,10 +4,10 @@
 
 #include <mutex>
 
-#include "carseg/backend.h"
+#include "detail/backend.h"
 #include "carseg/error.h"
 
-namespace carseg {
+namespace carseg::detail {
 namespace {
 
 // The oneDNN Graph (LLGA) fuser is a process-wide TorchScript pass: once on, frozen CPU graphs
@@ -98,4 +98,4 @@ std::unique_ptr<Backend> make_torchscript_backend(const std::filesystem::path& f
   return std::make_unique<TorchScriptBackend>(file, device, options);
 }
 
-}  // namespace carseg
+}  // namespace carseg::detail

@@ -277,11 +277,12 @@ struct DeflateStream {
   DeflateStream& operator=(const DeflateStream&) = delete;
 };
 
-// An 8-bit PNG (one IDAT chunk) with filter type 0 on every row, compressed with zlib as the
-// rows are produced: `row(y, dst)` writes row y's width * channels bytes. Binary masks use
-// Z_RLE (runs of 0 and 255: as small as level 6 at the speed of level 1); photos use level 1.
-template <typename RowFn>
-std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, RowFn&& row) {
+}  // namespace
+
+// One IDAT chunk, filter type 0 on every row. Binary masks use Z_RLE (runs of 0 and 255: as
+// small as level 6 at the speed of level 1); photos use level 1.
+std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels,
+                                          const std::function<void(int, std::uint8_t*)>& row) {
   if (channels != 1 && channels != 3 && channels != 4)
     throw Error("png", "expected 1, 3 or 4 channels, got " + std::to_string(channels));
   if (width < 1 || height < 1 || static_cast<std::int64_t>(width) * height > kDefaultMaxPixels)
@@ -335,32 +336,6 @@ std::vector<std::uint8_t> encode_png_rows(int width, int height, int channels, R
   return out;
 }
 
-// Pixels of an Image, after checking that its buffer holds width x height RGB pixels.
-std::size_t checked_pixel_count(const Image& image) {
-  const std::size_t n = static_cast<std::size_t>(image.width) * static_cast<std::size_t>(image.height);
-  if (image.pixels.size() != 3 * n) throw Error("cutout", "image buffer does not match its size");
-  return n;
-}
-
-// RGB pixels where the mask is set, white elsewhere; dst may be src (in place). Car and
-// background come in long runs: whole runs are copied or filled.
-void composite_on_white(const std::uint8_t* src, const std::uint8_t* mask, std::uint8_t* dst,
-                        std::size_t n) {
-  for (std::size_t i = 0; i < n;) {
-    const bool car = mask[i] != 0;
-    std::size_t j = i + 1;
-    while (j < n && (mask[j] != 0) == car) ++j;
-    if (car) {
-      if (dst != src) std::memcpy(dst + 3 * i, src + 3 * i, 3 * (j - i));
-    } else {
-      std::memset(dst + 3 * i, 255, 3 * (j - i));
-    }
-    i = j;
-  }
-}
-
-}  // namespace
-
 std::vector<std::uint8_t> encode_png(const std::uint8_t* pixels, int width, int height,
                                      int channels) {
   const std::size_t stride = static_cast<std::size_t>(width) * std::max(channels, 0);
@@ -387,63 +362,6 @@ std::vector<std::uint8_t> encode_mask_png(const std::uint8_t* mask, int width, i
     const std::uint8_t* m = mask + w * static_cast<std::size_t>(y);
     for (std::size_t x = 0; x < w; ++x) dst[x] = m[x] ? 255 : 0;
   });
-}
-
-std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* mask,
-                                        CutoutMode mode, int jpeg_quality) {
-  const std::size_t w = static_cast<std::size_t>(image.width);
-  const std::size_t n = checked_pixel_count(image);
-  switch (mode) {
-    case CutoutMode::kNone:
-      throw Error("cutout", "mode none has no image to encode");
-    case CutoutMode::kTransparentPng:
-      return encode_png_rows(image.width, image.height, 4, [&](int y, std::uint8_t* dst) {
-        const std::uint8_t* src = image.pixels.data() + 3 * w * static_cast<std::size_t>(y);
-        const std::uint8_t* m = mask + w * static_cast<std::size_t>(y);
-        for (std::size_t x = 0; x < w; ++x) {
-          dst[4 * x] = src[3 * x];
-          dst[4 * x + 1] = src[3 * x + 1];
-          dst[4 * x + 2] = src[3 * x + 2];
-          dst[4 * x + 3] = m[x] ? 255 : 0;
-        }
-      });
-    case CutoutMode::kWhitePng:
-      return encode_png_rows(image.width, image.height, 3, [&](int y, std::uint8_t* dst) {
-        const std::size_t row = w * static_cast<std::size_t>(y);
-        composite_on_white(image.pixels.data() + 3 * row, mask + row, dst, w);
-      });
-    case CutoutMode::kWhiteJpeg:
-      break;
-  }
-  Image white;
-  white.width = image.width;
-  white.height = image.height;
-  white.pixels.resize(3 * n);
-  composite_on_white(image.pixels.data(), mask, white.pixels.data(), n);
-  return encode_jpeg(white, jpeg_quality);
-}
-
-std::vector<std::uint8_t> encode_cutout_in_place(Image& image, const std::uint8_t* mask,
-                                                 CutoutMode mode, int jpeg_quality) {
-  if (mode != CutoutMode::kWhiteJpeg) return encode_cutout(image, mask, mode, jpeg_quality);
-  const std::size_t n = checked_pixel_count(image);
-  composite_on_white(image.pixels.data(), mask, image.pixels.data(), n);
-  return encode_jpeg(image, jpeg_quality);
-}
-
-void write_mask_png(const std::filesystem::path& path, const std::uint8_t* mask, int width,
-                    int height) {
-  write_file_atomic(path, encode_mask_png(mask, width, height));
-}
-
-void write_cutout(const std::filesystem::path& path, const Image& image, const std::uint8_t* mask,
-                  CutoutMode mode, int jpeg_quality) {
-  write_file_atomic(path, encode_cutout(image, mask, mode, jpeg_quality));
-}
-
-void write_cutout_in_place(const std::filesystem::path& path, Image& image,
-                           const std::uint8_t* mask, CutoutMode mode, int jpeg_quality) {
-  write_file_atomic(path, encode_cutout_in_place(image, mask, mode, jpeg_quality));
 }
 
 }  // namespace carseg

@@ -1,6 +1,6 @@
-"""Fixtures for the C++ tests, written by the Python reference (carseg.preprocess).
+"""Fixtures for the C++ tests, written by the Python reference (carseg.runtime.preprocess).
 
-Writes into --out: photos (PNG, lossless, plus raw RGB), carseg.preprocess outputs as raw
+Writes into --out: photos (PNG, lossless, plus raw RGB), carseg.runtime.preprocess outputs as raw
 float32, post-processing references, resized-shape cases, and a tiny artifact folder
 (a frozen TorchScript U-Net/resnet18 with random weights: `python -m export trace` on a
 minimal logdir when the exporter is there, else traced here with a manifest per docs/manifest.md)
@@ -59,7 +59,7 @@ def export_with_tool(out: Path, model, spec, threshold: float, model_dir: Path) 
         "shared": {"image_size": spec.size, "mean": list(spec.mean), "std": list(spec.std),
                    "threshold": threshold},
         "run": [{"_call_": "train", "model": {
-            "_target_": "carseg.models.build_model", "_mode_": "call", "arch": "Unet",
+            "_target_": "carseg.train.models.build_model", "_mode_": "call", "arch": "Unet",
             "encoder_name": "resnet18", "classes": 1, "encoder_weights": None}}],
     }
     (logdir / "config.resolved.yml").write_text(yaml.safe_dump(config))
@@ -123,14 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from carseg.models import build_model
-    from carseg.preprocess import (
+    from carseg.runtime.preprocess import (
         PreprocessSpec,
         mask_from_logits,
         postprocess_logits,
         preprocess,
         preprocess_batch,
     )
+    from carseg.train.models import build_model
 
     torch.manual_seed(0)
     specs = {

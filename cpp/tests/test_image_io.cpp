@@ -15,6 +15,7 @@ namespace {
 
 using carseg::Image;
 using carseg::test::expect_error;
+using carseg::test::gradient;
 using carseg::test::TempDir;
 using carseg::test::write_bytes;
 using Bytes = std::vector<std::uint8_t>;
@@ -87,21 +88,6 @@ void write_file(const std::filesystem::path& p, const Bytes& b) {
   write_bytes(p, std::string(b.begin(), b.end()));
 }
 
-Image gradient(int w, int h) {
-  Image img;
-  img.width = w;
-  img.height = h;
-  img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
-  for (int y = 0; y < h; ++y) {
-    for (int x = 0; x < w; ++x) {
-      std::uint8_t* p = &img.pixels[(static_cast<std::size_t>(y) * w + x) * 3];
-      p[0] = static_cast<std::uint8_t>(x * 255 / std::max(1, w - 1));
-      p[1] = static_cast<std::uint8_t>(y * 255 / std::max(1, h - 1));
-      p[2] = static_cast<std::uint8_t>((x + y) % 256);
-    }
-  }
-  return img;
-}
 
 // ---- round trips
 
@@ -164,32 +150,6 @@ TEST(ImageIo, ReadImageIntoRecycledStorage) {
                carseg::Error);
 }
 
-// In place: the same JPEG bytes as encode_cutout, and the photo's pixels become the cutout.
-TEST(ImageIo, CutoutInPlaceEqualsCopy) {
-  const Image img = gradient(64, 48);
-  std::vector<std::uint8_t> mask(64 * 48);
-  for (std::size_t i = 0; i < mask.size(); ++i) mask[i] = (i % 64 > 20 && i / 64 < 30) ? 1 : 0;
-  for (const auto mode : {carseg::CutoutMode::kWhiteJpeg, carseg::CutoutMode::kWhitePng,
-                          carseg::CutoutMode::kTransparentPng}) {
-    Image work = img;
-    EXPECT_EQ(carseg::encode_cutout_in_place(work, mask.data(), mode),
-              carseg::encode_cutout(img, mask.data(), mode));
-    if (mode == carseg::CutoutMode::kWhiteJpeg) {
-      for (std::size_t i = 0; i < mask.size(); ++i) {
-        for (int c = 0; c < 3; ++c) {
-          EXPECT_EQ(work.pixels[3 * i + c], mask[i] ? img.pixels[3 * i + c] : 255);
-        }
-      }
-    } else {
-      EXPECT_EQ(work.pixels, img.pixels);  // row-streamed PNG modes leave the photo alone
-    }
-  }
-  Image bad = img;
-  bad.pixels.resize(10);
-  EXPECT_THROW((void)carseg::encode_cutout_in_place(bad, mask.data(), carseg::CutoutMode::kWhiteJpeg),
-               carseg::Error);
-}
-
 TEST(ImageIo, JpegRoundTripIsClose) {
   TempDir dir;
   const Image img = gradient(64, 48);
@@ -247,37 +207,21 @@ TEST(ImageIo, BmpDecodes) {
             (std::vector<std::uint8_t>{10, 20, 30, 40, 50, 60}));
 }
 
-TEST(ImageIo, MaskAndCutoutWriters) {
+TEST(ImageIo, MaskPngIsZeroOr255) {
   TempDir dir;
-  const Image img = gradient(4, 2);
-  const std::vector<std::uint8_t> mask = {1, 0, 1, 0, 0, 1, 1, 0};
-  carseg::write_mask_png(dir / "m.png", mask.data(), 4, 2);
+  const std::vector<std::uint8_t> mask = {1, 0, 1, 0, 0, 7, 1, 0};
+  carseg::write_file_atomic(dir / "m.png", carseg::encode_mask_png(mask.data(), 4, 2));
   const Image m = carseg::read_image(dir / "m.png");
   for (std::size_t i = 0; i < mask.size(); ++i) EXPECT_EQ(m.pixels[3 * i], mask[i] ? 255 : 0);
-
-  carseg::write_cutout(dir / "t.png", img, mask.data(), carseg::CutoutMode::kTransparentPng);
-  carseg::write_cutout(dir / "w.png", img, mask.data(), carseg::CutoutMode::kWhitePng);
-  // Read back, the transparent one is composited on white: both equal the white cutout.
-  const Image t = carseg::read_image(dir / "t.png");
-  const Image w = carseg::read_image(dir / "w.png");
-  for (std::size_t i = 0; i < mask.size(); ++i) {
-    for (int c = 0; c < 3; ++c) {
-      const std::uint8_t want = mask[i] ? img.pixels[3 * i + c] : 255;
-      EXPECT_EQ(t.pixels[3 * i + c], want);
-      EXPECT_EQ(w.pixels[3 * i + c], want);
-    }
-  }
-  carseg::write_cutout(dir / "w.jpg", img, mask.data(), carseg::CutoutMode::kWhiteJpeg);
-  EXPECT_EQ(carseg::read_image(dir / "w.jpg").width, 4);
-  // Only the four outputs: no temporary files left behind.
+  // Only the output: no temporary file left behind.
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir.path()),
-                          std::filesystem::directory_iterator()), 4);
+                          std::filesystem::directory_iterator()), 1);
 }
 
 TEST(ImageIo, WriteIntoMissingFolderNamesTheFile) {
   TempDir dir;
   const std::vector<std::uint8_t> mask = {1};
-  expect_error([&] { carseg::write_mask_png(dir / "nope" / "m.png", mask.data(), 1, 1); },
+  expect_error([&] { carseg::write_file_atomic(dir / "nope" / "m.png", carseg::encode_mask_png(mask.data(), 1, 1)); },
                {"m.png", "cannot write"});
 }
 

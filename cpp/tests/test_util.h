@@ -21,6 +21,23 @@
 
 namespace carseg::test {
 
+/// A w x h RGB test picture: red rises left to right, green top to bottom.
+inline carseg::Image gradient(int w, int h) {
+  carseg::Image img;
+  img.width = w;
+  img.height = h;
+  img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y) {
+    for (int x = 0; x < w; ++x) {
+      std::uint8_t* p = &img.pixels[(static_cast<std::size_t>(y) * w + x) * 3];
+      p[0] = static_cast<std::uint8_t>(x * 255 / std::max(1, w - 1));
+      p[1] = static_cast<std::uint8_t>(y * 255 / std::max(1, h - 1));
+      p[2] = static_cast<std::uint8_t>((x + y) % 256);
+    }
+  }
+  return img;
+}
+
 /// Folder written by make_fixtures.py (ctest passes it in CARSEG_TEST_FIXTURES).
 inline std::filesystem::path fixtures() {
   const char* dir = std::getenv("CARSEG_TEST_FIXTURES");

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
-    from carseg.models import build_model
+    from carseg.train.models import build_model
 
     torch.set_num_threads(args.threads)
     manifest = json.loads((args.model / "manifest.json").read_text())

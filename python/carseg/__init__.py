@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from carseg import _compat
 from carseg.errors import CarsegError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -12,6 +13,8 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = ["CarsegError", "ConfigError", "DataError", "Predictor", "__version__"]
+
+_compat.install()  # configs and logdirs that name carseg.runner, carseg.models, ...
 
 
 def __getattr__(name: str) -> Any:
@@ -29,7 +32,7 @@ def __getattr__(name: str) -> Any:
                 f"carseg.Predictor needs the C++ module carseg._native, which is not built or "
                 f"not loadable here ({e}). Build it with `pip install --no-build-isolation -e .` "
                 f"(CMake option CARSEG_BUILD_PYTHON=ON), or use "
-                f"carseg.inference.ReferencePredictor") from e
+                f"carseg.runtime.reference.ReferencePredictor") from e
         globals()["Predictor"] = Predictor
         return Predictor
     raise AttributeError(f"module 'carseg' has no attribute {name!r}")

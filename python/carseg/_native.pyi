@@ -6,9 +6,9 @@ Built by the project's CMake (option CARSEG_BUILD_PYTHON, on under pip) from cpp
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypedDict, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,7 @@ def cuda_available() -> bool:
 
 _U8 = npt.NDArray[np.uint8]
 _F32 = npt.NDArray[np.float32]
+_Image = TypeVar("_Image", _U8, torch.Tensor)  # numpy in, numpy out; a tensor in, a tensor out
 
 class Predictor:
     """An exported artifact folder run by the C++ core (libcarseg).
@@ -66,11 +67,7 @@ class Predictor:
         1; process-wide, it stays on for every TorchScript module in the process. Raises
         CarsegError.
         """
-    @overload
-    def predict(self, image: _U8) -> _U8: ...
-    @overload
-    def predict(self, image: torch.Tensor) -> torch.Tensor: ...
-    def predict(self, image: _U8 | torch.Tensor) -> _U8 | torch.Tensor:
+    def predict(self, image: _Image) -> _Image:
         """uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}."""
     @overload
     def predict_proba(self, image: _U8) -> _F32: ...
@@ -81,15 +78,8 @@ class Predictor:
     def predict_batch(self, images: Sequence[_U8 | torch.Tensor]) -> list[Any]:
         """Images of any sizes, run as one batch -> one mask each, at its image's size (numpy
         for a numpy image, a CPU tensor for a tensor)."""
-    @overload
-    def cutout(self, image: _U8, background: Literal["white", "transparent"] = "white") -> _U8: ...
-    @overload
-    def cutout(
-        self, image: torch.Tensor, background: Literal["white", "transparent"] = "white"
-    ) -> torch.Tensor: ...
-    def cutout(
-        self, image: _U8 | torch.Tensor, background: Literal["white", "transparent"] = "white"
-    ) -> _U8 | torch.Tensor:
+    def cutout(self, image: _Image, background: Literal["white", "transparent"] = "white"
+               ) -> _Image:
         """The photo with its background removed, at the photo's size: "white" gives uint8
         [H, W, 3] with background pixels 255; "transparent" gives uint8 [H, W, 4] RGBA, alpha 255
         on the car and 0 elsewhere."""
@@ -120,3 +110,46 @@ class Predictor:
     @property
     def manifest(self) -> dict[str, Any]:
         """manifest.json as a dict (read from the file on each access)."""
+
+class PhotoResult(TypedDict):
+    input: str
+    ok: bool
+    error: str  # "<file>: <reason>" when not ok
+    width: int
+    height: int
+    mask: str | None
+    cutout: str | None
+    foreground: float  # share of the photo's pixels that are car
+
+class PipelineReport(TypedDict):
+    results: list[PhotoResult]  # one a photo, in the order given
+    seconds: float
+    succeeded: int
+    failed: int
+
+class Pipeline:
+    """libcarseg's folder pipeline over a Predictor: what carseg_infer runs.
+
+    Photos are decoded on worker threads, predicted in batches, and their mask (NAME_mask.png)
+    and cutout (NAME_cutout.jpg on white, NAME_cutout.png transparent, or none) encoded and
+    written on worker threads, all overlapped, each file under a temporary name and then
+    renamed. A photo that fails is that photo's error; the others go on. The GIL is released
+    while it runs.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        batch: int = 8,
+        workers: int = 2,
+        cutout: Literal["white", "transparent"] | None = "white",
+        jpeg_quality: int = 95,
+        progress: Callable[[int, int, int, bool], object] | None = None,
+    ) -> None:
+        """progress(done, total, failed, last) is called after each batch and at the end.
+        Raises CarsegError for a bad option ("batch: expected at least 1, got 0")."""
+    def run(self, photos: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
+            ) -> PipelineReport:
+        """Photos in, outputs in the folder `output` (created). Raises CarsegError only when
+        `output` cannot be created or written."""

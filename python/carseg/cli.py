@@ -46,7 +46,7 @@ def _print_failures(command: str, failed: list[dict[str, str]]) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from carseg.synth import parse_size, write_dataset
+    from carseg.datasets.synth import parse_size, write_dataset
 
     size = parse_size(args.size)
     t0 = time.monotonic()
@@ -58,7 +58,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from carseg.prepare import prepare
+    from carseg.datasets.prepare import prepare
 
     train_csv, valid_csv = prepare(args.datapath, valid_size=args.valid_size, seed=args.seed,
                                    out=args.out)
@@ -67,7 +67,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from carseg.train import prepare_config, run_config
+    from carseg.train.run import prepare_config, run_config
 
     config = prepare_config(args.config, logdir=args.logdir, data=args.data, epochs=args.epochs,
                             image_size=args.image_size)
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace) -> int:
-    from carseg import gallery
+    from carseg.apps import gallery
 
     rows = gallery.collect(args.csv, masks=args.masks, model=args.model, num=args.num)
     html_path = args.out.with_suffix(".html")
@@ -100,7 +100,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from carseg.serving import serve_forever
+    from carseg.apps.serve import serve_forever
 
     serve_forever(args.model, host=args.host, port=args.port, backend=args.backend,
                   device=args.device, replicas=args.replicas, max_batch=args.max_batch,
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from carseg.batch import run_batch, write_report
+    from carseg.apps.batch import run_batch, write_report
 
     report = run_batch(args.inputs, args.model, args.output, address=args.address,
                        workers=args.workers, batch_size=args.batch_size, device=args.device,
@@ -124,8 +124,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_cutout(args: argparse.Namespace) -> int:
-    from carseg.cutout import run_cutout
-    from carseg.predictor import open_predictor
+    from carseg.apps.cutout import run_cutout
+    from carseg.runtime.predictor import open_predictor
 
     predictor = open_predictor(args.model, backend=args.backend, device=args.device,
                                precision=args.precision, threshold=args.threshold)
@@ -136,6 +136,19 @@ def cmd_cutout(args: argparse.Namespace) -> int:
              len(report.done), len(report.failed), report.images_per_s, args.backend,
              args.output)
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool = True) -> None:
+    """What the commands that run an artifact folder share: inputs, model, output, backend,
+    device."""
+    if folders:
+        s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
+    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
+    if folders:
+        s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
+    s.add_argument("--backend", choices=backends, default="torchscript",
+                   help="native: the C++ core (carseg._native); others run the artifact in Python")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,13 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("cutout", help="remove the background: masks and cutouts at full size",
                        epilog="example: carseg cutout photos/ --model demo/artifacts --output "
                               "cutouts/ --background transparent")
-    s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
-    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
-    s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
-    s.add_argument("--backend", choices=["native", "torchscript", "onnx", "aoti"],
-                   default="torchscript",
-                   help="native: the C++ core (carseg._native); others run the artifact in Python")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    _model_args(s, ["native", "torchscript", "onnx", "aoti"])
     s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     s.add_argument("--threshold", type=float, help="override the manifest's threshold")
     s.add_argument("--background", choices=["white", "transparent"], default="white")
@@ -210,9 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: carseg serve --model demo/artifacts --replicas 2 && "
                               "curl --data-binary @car.jpg -H 'Content-Type: image/jpeg' "
                               "http://127.0.0.1:8000/v1/segment > mask.png")
-    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
-    s.add_argument("--backend", choices=["native", "torchscript", "onnx"], default="torchscript")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    _model_args(s, ["native", "torchscript", "onnx"], folders=False)
     s.add_argument("--replicas", type=int, default=1)
     s.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch")
     s.add_argument("--batch-wait-ms", type=float, default=10.0,
@@ -224,15 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("batch", help="batch inference over folders on Ray Data (extra `scale`)",
                        epilog="example: carseg batch photos/ --model demo/artifacts --output "
                               "out/ --workers 2 --report out/report.json")
-    s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
-    s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
-    s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
+    _model_args(s, ["native", "torchscript", "onnx"])
     s.add_argument("--address", default="local",
                    help="local (default), auto, or ray://HOST:10001 for a cluster")
     s.add_argument("--workers", type=int, default=1, help="predictor actors")
     s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--backend", choices=["native", "torchscript", "onnx"], default="torchscript")
     s.add_argument("--cutout", choices=["white", "transparent", "none"], default="white")
     s.add_argument("--report", type=Path, help="JSON report: done, skipped, failed with reasons")
     s.set_defaults(func=cmd_batch)
@@ -248,20 +249,27 @@ def _message(e: BaseException) -> str:
     return text
 
 
+def run_command(prog: str, args: argparse.Namespace) -> int:
+    """Call `args.func(args)`: what it raises becomes one line `PROG: error: <reason>` and exit
+    2, Ctrl-C exit 130. The one place where carseg's commands (and the exporter's) turn
+    library errors into words; library code only raises."""
+    try:
+        return int(args.func(args))
+    except (CarsegError, ValueError, FileNotFoundError, OSError) as e:
+        sys.stderr.write(f"{prog}: error: {_message(e)}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # force: each call (tests call main() many times) logs to the current stderr
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr, force=True)
-    try:
-        return int(args.func(args))
-    except (CarsegError, ValueError, FileNotFoundError, OSError) as e:
-        sys.stderr.write(f"carseg {args.command}: error: {_message(e)}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write(f"carseg {args.command}: interrupted\n")
-        return 130
+    return run_command(f"carseg {args.command}", args)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,30 +44,14 @@ void write_file_atomic(const std::filesystem::path& path, std::span<const std::u
 /// Encoders; channels is 1 (gray), 3 (RGB) or 4 (RGBA) for PNG and 3 for JPEG.
 [[nodiscard]] std::vector<std::uint8_t> encode_png(const std::uint8_t* pixels, int width, int height,
                                                    int channels);
+/// An 8-bit PNG whose rows are produced on the fly: `row(y, dst)` writes row y's
+/// width * channels bytes at dst. Rows are compressed as they come, so no whole image is held.
+[[nodiscard]] std::vector<std::uint8_t> encode_png_rows(
+    int width, int height, int channels, const std::function<void(int, std::uint8_t*)>& row);
 [[nodiscard]] std::vector<std::uint8_t> encode_jpeg(const Image& image, int quality = 95);
-
-enum class CutoutMode { kNone, kWhiteJpeg, kWhitePng, kTransparentPng };
 
 /// A mask (HxW, nonzero = car) as a PNG of 0/255.
 [[nodiscard]] std::vector<std::uint8_t> encode_mask_png(const std::uint8_t* mask, int width,
                                                         int height);
-/// The image with the background white (RGB) or transparent (RGBA, alpha = mask).
-[[nodiscard]] std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* mask,
-                                                      CutoutMode mode, int jpeg_quality = 95);
-
-/// encode_cutout for a caller done with the photo: the white background is painted into
-/// `image`'s own pixels (no copy), which hold the cutout afterwards.
-[[nodiscard]] std::vector<std::uint8_t> encode_cutout_in_place(Image& image,
-                                                               const std::uint8_t* mask,
-                                                               CutoutMode mode,
-                                                               int jpeg_quality = 95);
-
-void write_mask_png(const std::filesystem::path& path, const std::uint8_t* mask, int width,
-                    int height);
-void write_cutout(const std::filesystem::path& path, const Image& image, const std::uint8_t* mask,
-                  CutoutMode mode, int jpeg_quality = 95);
-
-void write_cutout_in_place(const std::filesystem::path& path, Image& image,
-                           const std::uint8_t* mask, CutoutMode mode, int jpeg_quality = 95);
 
 }  // namespace carseg

@@ -8,28 +8,20 @@
 #include <string>
 #include <vector>
 
+#include "carseg/cutout.h"
 #include "carseg/manifest.h"
 
 namespace carseg {
 
 enum class Precision { kFp32, kFp16 };
 enum class BackendKind { kAuto, kTorchScript, kAoti };
-enum class Background { kWhite, kTransparent };
 
-/// Parses "fp32"/"fp16", "auto"/"torchscript"/"aoti", "white"/"transparent"; throws
-/// carseg::Error on anything else.
+/// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"; throw OptionError("precision" or
+/// "backend", ...) on anything else.
 [[nodiscard]] Precision parse_precision(const std::string& s);
 [[nodiscard]] BackendKind parse_backend(const std::string& s);
-[[nodiscard]] Background parse_background(const std::string& s);
 /// "fp32" or "fp16".
 [[nodiscard]] std::string to_string(Precision precision);
-
-/// The photo with its background removed: uint8 [H, W, 3] on white (background pixels 255),
-/// or uint8 [H, W, 4] RGBA (photo's RGB everywhere, alpha 255 on the car and 0 elsewhere).
-/// `image` is uint8 [H, W, 3], `mask` uint8 [H, W] (nonzero = car); the result is on the CPU.
-/// Throws carseg::Error when the shapes do not match.
-[[nodiscard]] torch::Tensor composite_cutout(const torch::Tensor& image_hwc_u8,
-                                             const torch::Tensor& mask_hw, Background background);
 /// Whether this process can use a CUDA device (false on a CPU-only build or machine).
 [[nodiscard]] bool cuda_available();
 
@@ -63,8 +55,9 @@ struct PredictorOptions {
 /// Images larger than kDefaultMaxPixels (image_io.h) are refused with carseg::Error.
 class Predictor {
  public:
-  /// Throws carseg::Error: bad manifest, sha256 mismatch, unloadable model, CUDA requested but
-  /// not available ("CUDA requested but not available").
+  /// Throws carseg::Error: bad manifest, sha256 mismatch, unloadable model; OptionError for a
+  /// bad option, CUDA requested but not available among them ("device", "CUDA requested but
+  /// not available").
   explicit Predictor(const std::filesystem::path& artifacts, PredictorOptions options = {});
   ~Predictor();
   Predictor(const Predictor&) = delete;
@@ -83,7 +76,7 @@ class Predictor {
   /// sigmoid of predict_logits.
   [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
       const std::vector<torch::Tensor>& images) const;
-  /// predict, then composite_cutout: uint8 [H, W, 3] (white) or [H, W, 4] (RGBA) on the CPU.
+  /// predict, then composite_cutout (cutout.h): uint8 [H, W, 3] (white) or [H, W, 4] (RGBA) on the CPU.
   [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8,
                                      Background background) const;
   /// The model alone: preprocessed float [N, 3, S, S] (any device) -> logits [N, 1, S, S] on the

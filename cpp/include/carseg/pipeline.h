@@ -1,0 +1,91 @@
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "carseg/cutout.h"
+#include "carseg/predictor.h"
+
+namespace carseg {
+
+// ---- output names: what a run writes for each photo, in every front end -----------------------
+
+/// OUTPUT/NAME_mask.png for the photo NAME.ext.
+[[nodiscard]] std::filesystem::path mask_path(const std::filesystem::path& output,
+                                              const std::filesystem::path& photo);
+/// OUTPUT/NAME_cutout.jpg (white) or OUTPUT/NAME_cutout.png (transparent).
+[[nodiscard]] std::filesystem::path cutout_path(const std::filesystem::path& output,
+                                                const std::filesystem::path& photo,
+                                                Background background);
+/// Whether a file name is one a run writes (NAME_mask.*, NAME_cutout.*).
+[[nodiscard]] bool is_output_name(const std::filesystem::path& path);
+/// Whether the extension is one of the photos a run reads (.jpg .jpeg .png .gif .bmp).
+[[nodiscard]] bool is_photo_name(const std::filesystem::path& path);
+
+/// Files as named (a bad one gets its own error later) and the photos in folders (sorted, not
+/// recursive). In a folder that is also `output`, the run's own outputs are not photos, so a
+/// second run does not segment the first run's cutouts. Throws carseg::Error for a folder that
+/// cannot be listed.
+[[nodiscard]] std::vector<std::filesystem::path> collect_photos(
+    const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& output = {});
+
+/// Creates `dir` if needed and proves it writable, before any slow step; throws carseg::Error.
+void prepare_output_folder(const std::filesystem::path& dir);
+
+// ---- the folder pipeline --------------------------------------------------------------------
+
+struct PipelineOptions {
+  int batch = 8;    // photos per forward pass
+  int workers = 2;  // decode threads, and as many encode threads
+  std::optional<Background> cutout = Background::kWhite;  // nullopt: masks only
+  int jpeg_quality = 95;
+  bool write = true;  // false: encode in memory only, write nothing (benchmarks)
+  /// Called on the inferring thread after each batch and once at the end (last = true).
+  std::function<void(std::size_t done, std::size_t total, std::size_t failed, bool last)> progress;
+};
+
+/// What happened to one photo.
+struct PhotoResult {
+  std::filesystem::path input;
+  bool ok = false;
+  std::string error;  // "<file>: <reason>" when !ok
+  int width = 0;
+  int height = 0;
+  std::filesystem::path mask;    // written (or, with write = false, encoded) output
+  std::filesystem::path cutout;  // empty when PipelineOptions::cutout is nullopt
+  double foreground = 0;         // share of the photo's pixels that are car
+};
+
+struct PipelineReport {
+  std::vector<PhotoResult> results;  // in the order of the inputs
+  double seconds = 0;
+  [[nodiscard]] std::size_t succeeded() const;
+  [[nodiscard]] std::size_t failed() const { return results.size() - succeeded(); }
+  [[nodiscard]] double images_per_second() const;
+};
+
+/// Photos in, a mask (and a cutout) per photo out, at the photo's own resolution: decoding on
+/// worker threads, inference in batches on the calling thread, encoding and writing on worker
+/// threads, all overlapped. Bounded queues and a recycled pool of pixel buffers keep memory
+/// flat however many photos there are. Each output is written under a temporary name and
+/// renamed, so a file that exists is whole. A photo that cannot be read, predicted or written
+/// is that photo's error; the others go on. A photo whose name (stem) repeats an earlier one's
+/// is refused: its outputs would overwrite that one's.
+class Pipeline {
+ public:
+  Pipeline(const Predictor& predictor, PipelineOptions options);
+  /// Throws carseg::Error only when `output` cannot be created or written (write = true).
+  [[nodiscard]] PipelineReport run(const std::vector<std::filesystem::path>& photos,
+                                   const std::filesystem::path& output) const;
+  [[nodiscard]] const PipelineOptions& options() const { return options_; }
+
+ private:
+  const Predictor& predictor_;
+  PipelineOptions options_;
+};
+
+}  // namespace carseg

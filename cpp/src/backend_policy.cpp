@@ -1,0 +1,83 @@
+// Which artifact a Predictor loads, and how: the policy in one place, apart from the running.
+#include <iostream>
+
+#include "carseg/error.h"
+#include "detail/backend.h"
+
+namespace carseg::detail {
+namespace {
+
+void log_line(const std::string& line) { std::cerr << "carseg: " << line << std::endl; }
+
+// The artifact of `format` that best fits the request: same precision and device first.
+std::string pick_artifact(const Manifest& m, const std::string& format, const std::string& precision,
+                          const std::string& device_type) {
+  std::string best;
+  int best_score = -1;
+  for (const auto& [name, a] : m.artifacts()) {
+    if (a.format != format) continue;
+    const int score = (a.precision == precision ? 2 : 0) + (a.device == device_type ? 1 : 0);
+    if (score > best_score) {
+      best = name;
+      best_score = score;
+    }
+  }
+  return best;
+}
+
+torch::ScalarType dtype_of(const ArtifactEntry& a) {
+  return a.precision == "fp16" ? torch::kHalf : torch::kFloat32;
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorOptions& options,
+                                      const torch::Device& device) {
+  const std::string want_precision = to_string(options.precision);
+  const std::string device_type = device.is_cuda() ? "cuda" : "cpu";
+
+  // AOTI first when asked for (or on auto when the manifest has a package for this device).
+  const std::string aoti = pick_artifact(manifest, "aoti", want_precision, device_type);
+  const bool aoti_fits = !aoti.empty() && manifest.artifact(aoti).device == device_type;
+  if (options.backend == BackendKind::kAoti ||
+      (options.backend == BackendKind::kAuto && aoti_fits && aoti_available())) {
+    if (aoti.empty()) {
+      throw Error(manifest.path().string(), "no AOTInductor artifact (format \"aoti\") to load");
+    }
+    const ArtifactEntry& a = manifest.artifact(aoti);
+    manifest.verify_artifact(aoti);
+    try {
+      std::unique_ptr<Backend> backend =
+          make_aoti_backend(manifest.artifact_path(aoti), device, dtype_of(a));
+      if (options.precision == Precision::kFp16 && a.precision != "fp16") {
+        log_line("the AOTInductor package is " + a.precision + ": running it in " + a.precision);
+      }
+      return backend;
+    } catch (const Error& e) {
+      if (options.backend == BackendKind::kAoti) throw;
+      log_line(std::string(e.what()) + "; falling back to TorchScript");
+    }
+  }
+
+  const std::string ts = pick_artifact(manifest, "torchscript", want_precision, device_type);
+  if (ts.empty()) {
+    throw Error(manifest.path().string(), "no TorchScript artifact (format \"torchscript\")");
+  }
+  const ArtifactEntry& a = manifest.artifact(ts);
+  manifest.verify_artifact(ts);
+  if (a.precision == "fp16" && !device.is_cuda()) {
+    throw Error(manifest.artifact_path(ts).string(),
+                "an fp16 artifact needs a CUDA device; export an fp32 folder for the CPU");
+  }
+  if (a.precision == "fp16" && options.precision == Precision::kFp32) {
+    log_line("the TorchScript artifact is fp16 (the folder's precision): running fp16");
+  }
+  TorchScriptOptions ts_options;
+  ts_options.file_dtype = dtype_of(a);
+  ts_options.autocast_fp16 = options.precision == Precision::kFp16 && a.precision != "fp16";
+  ts_options.optimize_for_inference = options.optimize_for_inference;
+  ts_options.onednn_fusion = options.onednn_fusion;
+  return make_torchscript_backend(manifest.artifact_path(ts), device, ts_options);
+}
+
+}  // namespace carseg::detail

@@ -1,0 +1,59 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "carseg/manifest.h"
+#include "carseg/predictor.h"
+
+namespace carseg::detail {
+
+/// One model runtime (mmdeploy style: one adapter per backend). Takes a preprocessed float
+/// batch [N, 3, S, S] on the backend's device, returns logits [N, 1, S, S] on that device.
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  [[nodiscard]] virtual torch::Tensor forward(const torch::Tensor& input) = 0;
+  /// "torchscript" or "aoti".
+  [[nodiscard]] virtual std::string name() const = 0;
+  /// Input dtype the model expects (fp32 or fp16).
+  [[nodiscard]] virtual torch::ScalarType input_dtype() const = 0;
+};
+
+struct TorchScriptOptions {
+  /// Run fp16 on CUDA through autocast when the file itself is fp32.
+  bool autocast_fp16 = false;
+  /// torch::jit::optimize_for_inference (faster on CPU; results may differ in the last bits).
+  bool optimize_for_inference = false;
+  /// CPU: oneDNN Graph fusion of the frozen graph (process-wide; results may differ in the
+  /// last bits).
+  bool onednn_fusion = false;
+  /// Precision recorded in the manifest for this file.
+  torch::ScalarType file_dtype = torch::kFloat32;
+};
+
+/// Loads a (frozen) TorchScript file directly onto `device`: frozen files keep weights as
+/// constants, which module.to(device) would not move. Throws carseg::Error.
+[[nodiscard]] std::unique_ptr<Backend> make_torchscript_backend(const std::filesystem::path& file,
+                                                                const torch::Device& device,
+                                                                const TorchScriptOptions& options);
+
+/// Whether this build of libcarseg can load AOTInductor packages (.pt2).
+[[nodiscard]] bool aoti_available();
+/// Loads an AOTInductor package; throws carseg::Error (also when !aoti_available()).
+[[nodiscard]] std::unique_ptr<Backend> make_aoti_backend(const std::filesystem::path& file,
+                                                         const torch::Device& device,
+                                                         torch::ScalarType file_dtype);
+
+/// The backend policy: which artifact of the manifest to load for these options and device
+/// (an AOTInductor package compiled for this device first when asked for or on auto, falling
+/// back to TorchScript on auto), its sha256 checked against the manifest before it is loaded.
+/// Throws carseg::Error naming the manifest or the file.
+[[nodiscard]] std::unique_ptr<Backend> load_backend(const Manifest& manifest,
+                                                    const PredictorOptions& options,
+                                                    const torch::Device& device);
+
+}  // namespace carseg::detail

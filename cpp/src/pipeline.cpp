@@ -1,0 +1,259 @@
+#include "carseg/pipeline.h"
+
+#include <torch/types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "carseg/error.h"
+#include "carseg/image_io.h"
+#include "detail/queues.h"
+
+namespace carseg {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string lower_extension(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  return ext;
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::string message_for(const fs::path& input, const std::exception& e) {
+  const std::string what = e.what();
+  const std::string name = input.string();
+  return what.rfind(name, 0) == 0 ? what : name + ": " + what;
+}
+
+bool same_folder(const fs::path& a, const fs::path& b) {
+  if (b.empty()) return false;
+  std::error_code ec;
+  return fs::equivalent(a, b, ec);
+}
+
+// A decoded photo on its way through the stages.
+struct Item {
+  std::size_t index = 0;
+  Image image;
+  torch::Tensor mask;
+};
+
+}  // namespace
+
+fs::path mask_path(const fs::path& output, const fs::path& photo) {
+  return output / (photo.stem().string() + "_mask.png");
+}
+
+fs::path cutout_path(const fs::path& output, const fs::path& photo, Background background) {
+  return output / (photo.stem().string() + "_cutout" + cutout_suffix(background));
+}
+
+bool is_output_name(const fs::path& path) {
+  const std::string stem = path.stem().string();
+  return ends_with(stem, "_mask") || ends_with(stem, "_cutout");
+}
+
+bool is_photo_name(const fs::path& path) {
+  const std::string ext = lower_extension(path);
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".gif" || ext == ".bmp";
+}
+
+std::vector<fs::path> collect_photos(const std::vector<fs::path>& inputs, const fs::path& output) {
+  std::vector<fs::path> out;
+  for (const fs::path& p : inputs) {
+    std::error_code ec;
+    if (!fs::is_directory(p, ec)) {
+      out.push_back(p);
+      continue;
+    }
+    const bool ours = same_folder(p, output);
+    std::vector<fs::path> found;
+    for (const auto& entry : fs::directory_iterator(p, ec)) {
+      const fs::path& f = entry.path();
+      if (entry.is_regular_file(ec) && is_photo_name(f) && !(ours && is_output_name(f))) {
+        found.push_back(f);
+      }
+    }
+    if (ec) throw Error(p.string(), "cannot list the folder: " + ec.message());
+    std::sort(found.begin(), found.end());
+    out.insert(out.end(), found.begin(), found.end());
+  }
+  return out;
+}
+
+void prepare_output_folder(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) {
+    throw Error(dir.string(), "cannot create the output folder: " +
+                                  (ec ? ec.message() : std::string("a file is in the way")));
+  }
+  const fs::path probe = dir / ".carseg_write_probe";
+  try {
+    write_file_atomic(probe, {});
+  } catch (const Error& e) {
+    throw Error(dir.string(), "cannot write to the output folder: " + e.reason());
+  }
+  fs::remove(probe, ec);
+}
+
+std::size_t PipelineReport::succeeded() const {
+  return static_cast<std::size_t>(
+      std::count_if(results.begin(), results.end(), [](const PhotoResult& r) { return r.ok; }));
+}
+
+double PipelineReport::images_per_second() const {
+  return seconds > 0 ? static_cast<double>(succeeded()) / seconds : 0.0;
+}
+
+Pipeline::Pipeline(const Predictor& predictor, PipelineOptions options)
+    : predictor_(predictor), options_(std::move(options)) {
+  if (options_.batch < 1) throw OptionError("batch", "expected at least 1, got " + std::to_string(options_.batch));
+  if (options_.workers < 1) {
+    throw OptionError("workers", "expected at least 1, got " + std::to_string(options_.workers));
+  }
+  if (options_.jpeg_quality < 1 || options_.jpeg_quality > 100) {
+    throw OptionError("jpeg_quality", "expected 1 to 100, got " + std::to_string(options_.jpeg_quality));
+  }
+}
+
+// Decode on worker threads, infer in batches on this thread, encode on worker threads; the
+// bounded queues keep memory flat while the three stages overlap.
+PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path& output) const {
+  const PipelineOptions& opt = options_;
+  if (opt.write) prepare_output_folder(output);
+  const auto start = std::chrono::steady_clock::now();
+  const std::size_t n = photos.size();
+  PipelineReport report;
+  report.results.resize(n);
+
+  // Two photos with one stem (a.jpg, a.png) would write the same a_mask.png: the later one is
+  // refused, by name, instead of silently overwriting the first one's results.
+  std::vector<std::string> refused(n);
+  std::map<std::string, fs::path> seen;
+  for (std::size_t i = 0; i < n; ++i) {
+    report.results[i].input = photos[i];
+    const auto [it, fresh] = seen.emplace(photos[i].stem().string(), photos[i]);
+    if (!fresh) {
+      refused[i] = photos[i].string() + ": same name as " + it->second.string() +
+                   "; its outputs would overwrite that one's";
+    }
+  }
+
+  const auto batch = static_cast<std::size_t>(opt.batch);
+  detail::BoundedQueue<Item> decoded(batch * 2);
+  detail::BoundedQueue<Item> inferred(batch * 2);
+  detail::BufferPool buffers(static_cast<std::size_t>(opt.workers) * 2);
+  std::atomic<std::size_t> next{0}, finished{0}, failed{0};
+  std::atomic<int> decoders_left{opt.workers};
+
+  auto fail = [&](std::size_t i, const std::exception& e) {
+    report.results[i].ok = false;
+    report.results[i].error = message_for(photos[i], e);
+    ++failed;
+    ++finished;
+  };
+
+  auto decode = [&] {
+    for (std::size_t i; (i = next++) < n;) {
+      try {
+        if (!refused[i].empty()) throw std::runtime_error(refused[i]);
+        Item item;
+        item.index = i;
+        item.image = read_image(photos[i], buffers.take());
+        if (!decoded.push(std::move(item))) return;  // the run was abandoned
+      } catch (const std::exception& e) {
+        fail(i, e);
+      }
+    }
+    if (--decoders_left == 0) decoded.close();
+  };
+
+  auto encode = [&] {
+    for (;;) {
+      std::vector<Item> items = inferred.pop_up_to(1);
+      if (items.empty()) return;
+      Item& item = items[0];
+      const std::size_t i = item.index;
+      try {
+        const torch::Tensor mask = item.mask.contiguous();
+        const auto* m = mask.data_ptr<std::uint8_t>();
+        PhotoResult& r = report.results[i];
+        r.width = item.image.width;
+        r.height = item.image.height;
+        const auto car = std::count_if(m, m + mask.numel(), [](std::uint8_t v) { return v != 0; });
+        r.foreground = static_cast<double>(car) / static_cast<double>(std::max<int64_t>(1, mask.numel()));
+        r.mask = mask_path(output, photos[i]);
+        const std::vector<std::uint8_t> png = encode_mask_png(m, r.width, r.height);
+        if (opt.write) write_file_atomic(r.mask, png);
+        if (opt.cutout) {
+          r.cutout = cutout_path(output, photos[i], *opt.cutout);
+          // Last use of the photo: a white background is painted into its own pixels.
+          const std::vector<std::uint8_t> cut =
+              encode_cutout_in_place(item.image, m, *opt.cutout, opt.jpeg_quality);
+          if (opt.write) write_file_atomic(r.cutout, cut);
+        }
+        buffers.give(std::move(item.image.pixels));
+        r.ok = true;
+        ++finished;
+      } catch (const std::exception& e) {
+        fail(i, e);
+      }
+    }
+  };
+
+  std::vector<std::thread> threads;
+  // Whatever leaves this function (a throw included), the workers are told to stop and are
+  // joined: a joinable std::thread at destruction would terminate the process.
+  struct Joiner {
+    detail::BoundedQueue<Item>& decoded;
+    detail::BoundedQueue<Item>& inferred;
+    std::vector<std::thread>& threads;
+    ~Joiner() {
+      decoded.close();
+      inferred.close();
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } joiner{decoded, inferred, threads};
+  for (int w = 0; w < opt.workers; ++w) threads.emplace_back(decode);
+  for (int w = 0; w < opt.workers; ++w) threads.emplace_back(encode);
+
+  for (;;) {
+    std::vector<Item> items = decoded.pop_up_to(batch);
+    if (items.empty()) break;
+    std::vector<torch::Tensor> images;
+    images.reserve(items.size());
+    for (Item& it : items) {
+      images.push_back(torch::from_blob(it.image.pixels.data(), {it.image.height, it.image.width, 3},
+                                        torch::kUInt8));
+    }
+    try {
+      std::vector<torch::Tensor> masks = predictor_.predict_batch(images);
+      for (std::size_t k = 0; k < items.size(); ++k) {
+        items[k].mask = std::move(masks[k]);
+        inferred.push(std::move(items[k]));
+      }
+    } catch (const std::exception& e) {
+      for (const Item& it : items) fail(it.index, e);
+    }
+    if (opt.progress) opt.progress(finished.load(), n, failed.load(), false);
+  }
+  inferred.close();
+  for (auto& t : threads) t.join();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (opt.progress) opt.progress(finished.load(), n, failed.load(), true);
+  return report;
+}
+
+}  // namespace carseg

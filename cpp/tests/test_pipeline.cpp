@@ -1,0 +1,168 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "carseg/error.h"
+#include "carseg/image_io.h"
+#include "carseg/pipeline.h"
+#include "carseg/predictor.h"
+#include "detail/queues.h"
+#include "test_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using carseg::Background;
+using carseg::test::cases;
+using carseg::test::fixtures;
+using carseg::test::TempDir;
+using carseg::test::write_bytes;
+
+// Three fixture photos of different sizes, and one bad file per defect, in one folder.
+fs::path make_photos(const TempDir& dir) {
+  const fs::path in = dir / "in";
+  fs::create_directories(in);
+  const auto c = cases();
+  for (int i : {0, 2, 4}) {
+    const std::string name = c["images"][i]["name"].get<std::string>();
+    fs::copy_file(fixtures() / (name + ".png"), in / (name + ".png"));
+  }
+  write_bytes(in / "empty.png", "");
+  write_bytes(in / "text_not_an_image.jpg", "this is not an image\n");
+  write_bytes(in / "notes.txt", "not a photo name: never listed\n");
+  return in;
+}
+
+torch::Tensor as_tensor(carseg::Image& img) {
+  return torch::from_blob(img.pixels.data(), {img.height, img.width, 3}, torch::kUInt8);
+}
+
+// The folder run writes, for every good photo, the predictor's own mask as a 0/255 PNG and the
+// white cutout; each bad file is its own error, named; nothing temporary is left behind.
+TEST(Pipeline, WritesMasksAndCutoutsAndReportsBadFiles) {
+  CARSEG_REQUIRE_FIXTURES();
+  TempDir dir;
+  const fs::path in = make_photos(dir);
+  const fs::path out = dir / "out";
+  const carseg::Predictor predictor(fixtures() / "model");
+  carseg::PipelineOptions opt;
+  opt.batch = 2;
+  std::size_t last_done = 0, calls = 0;
+  opt.progress = [&](std::size_t done, std::size_t total, std::size_t, bool last) {
+    ++calls;
+    EXPECT_EQ(total, 5u);
+    if (last) last_done = done;
+  };
+  const std::vector<fs::path> photos = carseg::collect_photos({in}, out);
+  ASSERT_EQ(photos.size(), 5u);  // notes.txt is not a photo name
+  EXPECT_TRUE(std::is_sorted(photos.begin(), photos.end()));
+  const carseg::PipelineReport report = carseg::Pipeline(predictor, opt).run(photos, out);
+  ASSERT_EQ(report.results.size(), 5u);
+  EXPECT_EQ(report.succeeded(), 3u);
+  EXPECT_EQ(report.failed(), 2u);
+  EXPECT_EQ(last_done, 5u);
+  EXPECT_GE(calls, 2u);
+  for (const carseg::PhotoResult& r : report.results) {
+    const std::string name = r.input.filename().string();
+    if (name == "empty.png") {
+      EXPECT_FALSE(r.ok);
+      EXPECT_NE(r.error.find("empty.png: empty file"), std::string::npos) << r.error;
+      continue;
+    }
+    if (name == "text_not_an_image.jpg") {
+      EXPECT_FALSE(r.ok);
+      EXPECT_NE(r.error.find("not an image"), std::string::npos) << r.error;
+      continue;
+    }
+    ASSERT_TRUE(r.ok) << r.error;
+    EXPECT_EQ(r.mask, carseg::mask_path(out, r.input));
+    EXPECT_EQ(r.cutout, out / (r.input.stem().string() + "_cutout.jpg"));
+    carseg::Image photo = carseg::read_image(r.input);
+    const torch::Tensor want = predictor.predict(as_tensor(photo));
+    carseg::Image mask = carseg::read_image(r.mask);
+    ASSERT_EQ(mask.width, photo.width);
+    ASSERT_EQ(mask.height, photo.height);
+    const torch::Tensor got = as_tensor(mask).select(2, 0).div(255);
+    EXPECT_TRUE(torch::equal(got, want)) << name;
+    EXPECT_NEAR(r.foreground, want.to(torch::kFloat64).mean().item<double>(), 1e-9);
+    const carseg::Image cut = carseg::read_image(r.cutout);
+    EXPECT_EQ(cut.width, photo.width);
+  }
+  for (const auto& entry : fs::directory_iterator(out)) {
+    const std::string name = entry.path().filename().string();
+    EXPECT_TRUE(carseg::is_output_name(entry.path())) << "left behind: " << name;
+  }
+  // A second listing of the output folder as input finds no photos: they are the run's own.
+  EXPECT_TRUE(carseg::collect_photos({out}, out).empty());
+  EXPECT_EQ(carseg::collect_photos({out}).size(), 6u);
+}
+
+TEST(Pipeline, SameNameIsRefusedTransparentAndMasksOnly) {
+  CARSEG_REQUIRE_FIXTURES();
+  TempDir dir;
+  const fs::path in = make_photos(dir);
+  const auto name = cases()["images"][0]["name"].get<std::string>();
+  fs::create_directories(dir / "other");
+  fs::copy_file(in / (name + ".png"), dir / "other" / (name + ".png"));
+  const carseg::Predictor predictor(fixtures() / "model");
+  const std::vector<fs::path> photos = {in / (name + ".png"), dir / "other" / (name + ".png")};
+
+  carseg::PipelineOptions opt;
+  opt.cutout = Background::kTransparent;
+  auto report = carseg::Pipeline(predictor, opt).run(photos, dir / "t");
+  ASSERT_TRUE(report.results[0].ok);
+  EXPECT_FALSE(report.results[1].ok);
+  EXPECT_NE(report.results[1].error.find("same name as"), std::string::npos);
+  EXPECT_EQ(report.results[0].cutout.extension(), ".png");
+  EXPECT_TRUE(fs::exists(dir / "t" / (name + "_cutout.png")));
+
+  opt.cutout.reset();
+  report = carseg::Pipeline(predictor, opt).run({photos[0]}, dir / "m");
+  ASSERT_TRUE(report.results[0].ok);
+  EXPECT_TRUE(report.results[0].cutout.empty());
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir / "m"), fs::directory_iterator()), 1);
+
+  opt.write = false;  // the benchmark's mode: everything encoded, nothing written
+  report = carseg::Pipeline(predictor, opt).run({photos[0]}, dir / "nothing");
+  ASSERT_TRUE(report.results[0].ok);
+  EXPECT_FALSE(fs::exists(dir / "nothing"));
+}
+
+TEST(Pipeline, UnwritableOutputAndBadOptionsAreErrors) {
+  CARSEG_REQUIRE_FIXTURES();
+  TempDir dir;
+  write_bytes(dir / "file", "in the way");
+  const carseg::Predictor predictor(fixtures() / "model");
+  carseg::test::expect_error(
+      [&] { (void)carseg::Pipeline(predictor, {}).run({dir / "x.png"}, dir / "file" / "out"); },
+      {"cannot create the output folder"});
+  carseg::PipelineOptions opt;
+  opt.batch = 0;
+  try {
+    carseg::Pipeline p(predictor, opt);
+    FAIL() << "expected carseg::OptionError";
+  } catch (const carseg::OptionError& e) {
+    EXPECT_EQ(e.field(), "batch");
+  }
+}
+
+// A producer blocked on a full queue wakes when the consumer gives up, and its item is dropped.
+TEST(PipelineQueue, CloseWakesABlockedProducer) {
+  carseg::detail::BoundedQueue<int> q(1);
+  ASSERT_TRUE(q.push(1));
+  std::atomic<int> result{-1};
+  std::thread producer([&] { result = q.push(2) ? 1 : 0; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(result.load(), -1);  // still waiting for room
+  q.close();
+  producer.join();
+  EXPECT_EQ(result.load(), 0);
+  EXPECT_EQ(q.pop_up_to(8), std::vector<int>{1});  // what was queued drains, then nothing
+  EXPECT_TRUE(q.pop_up_to(8).empty());
+}
+
+}  // namespace

@@ -1,0 +1,121 @@
+// carseg_infer bench: latency and throughput of the model alone, and end to end over a folder.
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <sstream>
+
+#include "carseg/bench.h"
+#include "carseg/pipeline.h"
+#include "cli.h"
+
+namespace carseg::cli {
+namespace {
+
+constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [options]
+
+  --model DIR          artifact folder
+  --device D           cpu (default), cuda or cuda:N
+  --precision P        fp32 (default) or fp16 (CUDA only)
+  --batch LIST         batch sizes, comma-separated (default 1,8,32)
+  --size N             square input size, a multiple of 32 (default: the model's own)
+  --iters N            timed iterations per batch size (default 50)
+  --warmup N           untimed iterations first (default 5)
+  --no-graphs          CUDA: only eager (default: report with and without CUDA graphs)
+  --backend B          auto (default), torchscript or aoti
+  --threads N          torch intra-op threads
+  --exact              CPU: op-for-op pre/post-processing (see infer --help)
+  --onednn-fusion      CPU, TorchScript: oneDNN Graph fusion (see infer --help)
+  --optimize           TorchScript optimize_for_inference (faster on CPU, not bit-identical)
+  --input DIR          also run end to end (decode, infer, encode) over DIR's images, img/s
+  --json FILE          write the results as JSON
+  -h, --help           this help
+
+example: carseg_infer bench --model artifacts --batch 1,8 --iters 100 --json bench.json
+)";
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  Args args(argc, argv);
+  Common common;
+  std::vector<int> batches = {1, 8, 32};
+  int iters = 50, warmup = 5, size = 0;
+  std::optional<fs::path> json_path, input;
+  const bool run = parse_flags(args, common, "bench", kBenchHelp, [&](const std::string& flag) {
+    if (flag == "--batch") {
+      batches.clear();
+      std::stringstream ss(args.value(flag));
+      for (std::string part; std::getline(ss, part, ',');) {
+        batches.push_back(static_cast<int>(Args::parse_int(flag, part, 1, 4096)));
+      }
+      if (batches.empty()) throw UsageError("--batch: expected sizes like 1,8,32");
+    } else if (flag == "--iters") {
+      iters = static_cast<int>(args.integer(flag, 1, 1000000));
+    } else if (flag == "--warmup") {
+      warmup = static_cast<int>(args.integer(flag, 0, 1000000));
+    } else if (flag == "--json") {
+      json_path = fs::path(args.value(flag));
+    } else if (flag == "--input") {
+      input = fs::path(args.value(flag));
+    } else if (flag == "--optimize") {
+      common.options.optimize_for_inference = true;
+    } else if (flag == "--size") {
+      size = static_cast<int>(args.integer(flag, 32, 8192));
+      if (size % 32 != 0) throw UsageError("--size: expected a multiple of 32, got " + std::to_string(size));
+    } else {
+      return false;
+    }
+    return true;
+  });
+  if (!run) return kExitOk;
+  const carseg::Predictor predictor = common.load("bench");
+  // The model's own size by default; --size times the (spatially dynamic) model at another,
+  // to compare with other backends at one resolution.
+  const int s = size > 0 ? size : predictor.input_size();
+  const bool cuda = predictor.device().is_cuda();
+  std::vector<bool> graph_modes = {false};
+  if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};
+
+  std::cout << "carseg_infer bench: backend " << predictor.backend_name() << ", device "
+            << predictor.device().str() << ", " << carseg::to_string(common.options.precision)
+            << ", input " << s << "x" << s << ", " << at::get_num_threads() << " threads, " << iters
+            << " iterations after " << warmup << " warm-up\n"
+            << "batch  graphs   p50 ms    p90 ms    p99 ms     img/s\n";
+  json rows = json::array();
+  for (const int n : batches) {
+    for (const bool graphs : graph_modes) {
+      const carseg::LatencyStats st = carseg::time_forward(predictor, n, s, iters, warmup, graphs);
+      std::cout << std::setw(5) << n << "  " << std::setw(6) << (graphs ? "yes" : "no") << std::fixed
+                << std::setprecision(3) << std::setw(9) << st.p50 << " " << std::setw(9) << st.p90
+                << " " << std::setw(9) << st.p99 << " " << std::setprecision(1) << std::setw(9)
+                << st.images_per_second << "\n";
+      rows.push_back({{"batch", n}, {"cuda_graphs", graphs}, {"p50_ms", st.p50},
+                      {"p90_ms", st.p90}, {"p99_ms", st.p99}, {"mean_ms", st.mean},
+                      {"images_per_second", st.images_per_second}, {"iters", iters}});
+    }
+  }
+  json j = common.describe(predictor);
+  j.update({{"command", "bench"}, {"threads", at::get_num_threads()}, {"input_size", s},
+            {"optimize_for_inference", common.options.optimize_for_inference},
+            {"exact", common.options.exact},
+            {"onednn_fusion", common.options.onednn_fusion && !cuda &&
+                                  predictor.backend_name() == "torchscript"},
+            {"results", rows}});
+  if (input) {
+    const std::vector<fs::path> photos = carseg::collect_photos({*input});
+    if (photos.empty()) throw UsageError(input->string() + ": no images in the folder");
+    carseg::PipelineOptions opt;
+    opt.batch = batches.front();
+    opt.write = false;
+    const carseg::PipelineReport r = carseg::Pipeline(predictor, opt).run(photos, {});
+    std::cout << "end to end (decode, infer, encode white JPEG cutout + mask PNG, no writes): "
+              << r.succeeded() << " images in " << std::setprecision(2) << r.seconds << " s = "
+              << std::setprecision(1) << r.images_per_second() << " img/s (batch " << opt.batch << ")\n";
+    j["end_to_end"] = {{"input", input->string()}, {"images", r.succeeded()}, {"seconds", r.seconds},
+                       {"images_per_second", r.images_per_second()}, {"batch", opt.batch}};
+  }
+  if (json_path) write_json(*json_path, j);
+  return kExitOk;
+}
+
+}  // namespace carseg::cli

@@ -1,0 +1,129 @@
+// carseg_infer infer: photos in, a mask and a cutout per photo out (carseg::Pipeline).
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+
+#include "carseg/pipeline.h"
+#include "cli.h"
+
+namespace carseg::cli {
+namespace {
+
+constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --input PATH... --output DIR [options]
+
+  --model DIR          artifact folder (manifest.json + model files from `python -m export`)
+  --input PATH...      image files and/or folders (JPEG, PNG, GIF, BMP); several allowed
+  --output DIR         where NAME_mask.png and NAME_cutout.{jpg,png} are written (created)
+  --device D           cpu (default), cuda or cuda:N
+  --precision P        fp32 (default) or fp16 (CUDA only)
+  --batch N            images per forward pass (default 8)
+  --threshold T        mask threshold in (0, 1) (default: manifest's output.threshold)
+  --cutout MODE        white (JPEG, default), transparent (PNG with alpha) or none
+  --workers N          decode/encode threads, each side (default 2)
+  --report FILE.json   per-input results and errors as JSON
+  --backend B          auto (default), torchscript or aoti
+  --threads N          torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)
+  --no-graphs          do not capture CUDA graphs
+  --exact              CPU: pre/post-processing op for op as the Python reference: masks
+                       bit-identical to carseg.inference's (default: fused kernels, faster)
+  --onednn-fusion      CPU, TorchScript: oneDNN Graph fusion (faster at batch 1 and small
+                       sizes, slower at larger batches and sizes; not bit-identical)
+  -h, --help           this help
+
+example: carseg_infer infer --model artifacts --input photos/ --output out --report out/report.json
+exit status: 0 all inputs ok, 1 some inputs failed (listed on stderr and in the report),
+             2 bad usage, a model it cannot load or an output folder it cannot write
+)";
+
+}  // namespace
+
+int cmd_infer(int argc, char** argv) {
+  Args args(argc, argv);
+  Common common;
+  std::vector<fs::path> inputs;
+  fs::path output;
+  std::optional<fs::path> report;
+  carseg::PipelineOptions opt;
+  const bool run = parse_flags(args, common, "infer", kInferHelp, [&](const std::string& flag) {
+    if (flag == "--input") {
+      for (const auto& v : args.values(flag, /*many=*/true)) inputs.emplace_back(v);
+    } else if (flag == "--output") {
+      output = args.value(flag);
+    } else if (flag == "--batch") {
+      opt.batch = static_cast<int>(args.integer(flag, 1, 4096));
+    } else if (flag == "--threshold") {
+      const std::string v = args.value(flag);
+      char* end = nullptr;
+      const double t = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(t > 0 && t < 1)) {
+        throw UsageError("--threshold: expected a number in (0, 1), got \"" + v + "\"");
+      }
+      common.options.threshold = t;
+    } else if (flag == "--cutout") {
+      const std::string m = args.value(flag);
+      if (m == "none") opt.cutout.reset();
+      else if (m == "white" || m == "transparent") opt.cutout = carseg::parse_background(m);
+      else throw UsageError("--cutout: expected white, transparent or none, got \"" + m + "\"");
+    } else if (flag == "--workers") {
+      opt.workers = static_cast<int>(args.integer(flag, 1, 256));
+    } else if (flag == "--report") {
+      report = fs::path(args.value(flag));
+    } else {
+      return false;
+    }
+    return true;
+  });
+  if (!run) return kExitOk;
+  if (common.model.empty()) throw UsageError("infer: --model is required");
+  if (inputs.empty()) throw UsageError("infer: --input is required");
+  if (output.empty()) throw UsageError("infer: --output is required");
+  const std::vector<fs::path> photos = carseg::collect_photos(inputs, output);
+  if (photos.empty()) throw UsageError("infer: no images (.jpg .jpeg .png .gif .bmp) in the inputs");
+  carseg::prepare_output_folder(output);
+  // Before any work: an unwritable report must not cost a whole run.
+  if (report) carseg::prepare_output_folder(report->has_parent_path() ? report->parent_path() : ".");
+  if (::isatty(STDERR_FILENO)) {
+    const auto t0 = std::chrono::steady_clock::now();
+    opt.progress = [t0](std::size_t done, std::size_t total, std::size_t failed, bool last) {
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "\rcarseg_infer: %zu/%zu images, %zu failed, %.1f img/s%s", done, total,
+                   failed, s > 0 ? static_cast<double>(done) / s : 0.0, last ? "\n" : "");
+    };
+  }
+
+  const carseg::Predictor predictor = common.load("infer");
+  const carseg::PipelineReport r = carseg::Pipeline(predictor, opt).run(photos, output);
+  json items = json::array(), errors = json::array();
+  for (const carseg::PhotoResult& p : r.results) {
+    if (p.ok) {
+      items.push_back({{"input", p.input.string()}, {"ok", true}, {"width", p.width},
+                       {"height", p.height}, {"mask", p.mask.string()},
+                       {"foreground_fraction", p.foreground},
+                       {"cutout", p.cutout.empty() ? json(nullptr) : json(p.cutout.string())}});
+    } else {
+      std::cerr << "carseg_infer: error: " << p.error << "\n";
+      items.push_back({{"input", p.input.string()}, {"ok", false}, {"error", p.error}});
+      errors.push_back({{"file", p.input.string()}, {"error", p.error}});
+    }
+  }
+  std::cerr << "carseg_infer: " << r.succeeded() << " of " << r.results.size()
+            << " images segmented in " << std::fixed << std::setprecision(2) << r.seconds << " s ("
+            << std::setprecision(1) << r.images_per_second() << " img/s) -> " << output.string()
+            << "\n";
+  if (report) {
+    json j = common.describe(predictor);
+    j.update({{"command", "infer"}, {"threshold", predictor.threshold()}, {"batch", opt.batch},
+              {"inputs", r.results.size()}, {"succeeded", r.succeeded()}, {"failed", r.failed()},
+              {"seconds", r.seconds}, {"images_per_second", r.images_per_second()},
+              {"results", items}, {"errors", errors}});
+    write_json(*report, j);
+  }
+  return r.failed() == 0 ? kExitOk : kExitSomeFailed;
+}
+
+}  // namespace carseg::cli

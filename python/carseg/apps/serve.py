@@ -1,0 +1,211 @@
+"""Online serving on Ray Serve: `carseg serve`, or `build_app(...)` for `serve.run`.
+
+HTTP API
+  POST /v1/segment            body: a JPEG/PNG/BMP/GIF photo -> the mask as PNG (0/255)
+       ?output=cutout&background=white|transparent   -> the cutout (JPEG on white, PNG alpha)
+  GET  /v1/model              the artifact folder's manifest.json
+  GET  /v1/stats              this replica's batch-size histogram and request counts
+  GET  /healthz               "ok" once the replica's predictor is loaded
+
+Requests are batched by Ray Serve (`@serve.batch`) up to `max_batch` within
+`batch_wait_ms`. Errors are HTTP errors with a one-line reason: 400 not an image, corrupt or
+unsupported; 413 too large; 415 not an image content type; 404/405 wrong route or method.
+A bad request never takes a replica down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carseg.apps._ray import require_ray
+from carseg.errors import CarsegError, DataError
+from carseg.io.encode import encode_cutout, encode_mask_png, parse_background
+from carseg.io.images import ImageTooLarge, decode_rgb
+from carseg.runtime.manifest import load_manifest, model_file
+from carseg.runtime.predictor import open_predictor
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/x-ms-bmp", "image/gif",
+               "application/octet-stream")
+MAX_BODY_BYTES = 64 * 2 ** 20
+class Segmenter:
+    """The replica: one predictor, batched prediction, HTTP handling. Used through Ray Serve;
+    constructible directly in tests of its request handling."""
+
+    def __init__(self, model_dir: str, backend: str = "torchscript", device: str = "cpu",
+                 max_batch: int = 8, batch_wait_ms: float = 10.0,
+                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = load_manifest(self.model_dir).to_json()
+        self.predictor = open_predictor(model_dir, backend=backend, device=device)
+        self.max_body_bytes = max_body_bytes
+        self.batch_sizes: Counter[int] = Counter()
+        self.requests: Counter[int] = Counter()
+        self._configure_batching(max_batch, batch_wait_ms)
+
+    def _configure_batching(self, max_batch: int, batch_wait_ms: float) -> None:
+        batched = getattr(self, "predict_one", None)
+        if batched is not None and hasattr(batched, "set_max_batch_size"):
+            batched.set_max_batch_size(max_batch)
+            batched.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+
+    def predict_many(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        self.batch_sizes[len(images)] += 1
+        return [np.asarray(m, dtype=np.uint8) for m in self.predictor.predict_batch(images)]
+
+    async def predict_many_async(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        # On a worker thread: the replica's event loop keeps accepting requests (which join
+        # the next batch) and answering health checks while the model runs.
+        return await asyncio.to_thread(self.predict_many, images)
+
+    async def predict_one(self, image: np.ndarray) -> np.ndarray:
+        # The deployment replaces this with a @serve.batch version: callers still pass one
+        # image and get one mask, while Ray Serve groups concurrent calls into one batch.
+        return (await self.predict_many_async([image]))[0]
+
+    async def handle(self, method: str, path: str, query: dict[str, str],
+                     content_type: str, body: bytes) -> tuple[int, str, bytes]:
+        """(status, content type, body) for one request; never raises."""
+        status, ctype, payload = await self._handle(method, path, query, content_type, body)
+        self.requests[status] += 1
+        return status, ctype, payload
+
+    async def _handle(self, method: str, path: str, query: dict[str, str], content_type: str,
+                      body: bytes) -> tuple[int, str, bytes]:
+        def err(code: int, msg: str) -> tuple[int, str, bytes]:
+            return code, "text/plain", (msg + "\n").encode()
+
+        if path == "/healthz":
+            return 200, "text/plain", b"ok\n"
+        if path == "/v1/model":
+            return 200, "application/json", json.dumps(self.manifest).encode()
+        if path == "/v1/stats":
+            stats = {"batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                     "responses": {str(k): v for k, v in sorted(self.requests.items())}}
+            return 200, "application/json", json.dumps(stats).encode()
+        if path != "/v1/segment":
+            return err(404, f"no route {path}; routes: POST /v1/segment, GET /v1/model, "
+                            f"GET /healthz")
+        if method != "POST":
+            return err(405, f"{path} takes POST with an image body, got {method}")
+        ctype = content_type.split(";")[0].strip().lower()
+        if ctype not in IMAGE_TYPES:
+            return err(415, f"content type {ctype or '(none)'} is not an image; send "
+                            f"image/jpeg, image/png or image/bmp")
+        if len(body) > self.max_body_bytes:
+            return err(413, f"body of {len(body)} bytes is over the {self.max_body_bytes} "
+                            f"byte limit")
+        output = query.get("output", "mask")
+        background = query.get("background", "white")
+        if output not in ("mask", "cutout"):
+            return err(400, f"output: expected mask or cutout, got {output!r}")
+        try:
+            parse_background(background)
+        except ValueError as e:
+            return err(400, str(e))
+        try:
+            rgb = decode_rgb(body, "request body")
+        except ImageTooLarge as e:
+            return err(413, str(e))
+        except DataError as e:
+            return err(400, str(e))
+        try:
+            mask = await self.predict_one(rgb)
+            if output == "mask":
+                return 200, "image/png", encode_mask_png(mask)
+            data, suffix = encode_cutout(rgb, mask, background)
+        except Exception as e:  # the replica survives a failing request and says why
+            log.exception("request failed")
+            return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
+        return 200, "image/jpeg" if suffix == ".jpg" else "image/png", data
+
+
+def _deployment_class(max_batch: int, batch_wait_ms: float):
+    """Segmenter as a Ray Serve deployment whose predict_batch is dynamically batched."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    class SegmenterDeployment(Segmenter):
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_ms / 1000.0)
+        async def predict_one(self, images: list[np.ndarray]) -> list[np.ndarray]:
+            return await self.predict_many_async(images)
+
+        async def __call__(self, request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                # refused before the body is read into memory
+                return Response(f"body of {declared} bytes is over the {self.max_body_bytes} "
+                                f"byte limit\n", status_code=413, media_type="text/plain")
+            body = await request.body() if request.method == "POST" else b""
+            status, ctype, payload = await self.handle(
+                request.method, request.url.path.rstrip("/") or "/", dict(request.query_params),
+                request.headers.get("content-type", ""), body)
+            return Response(payload, status_code=status, media_type=ctype)
+
+    SegmenterDeployment.__name__ = "Segmenter"
+    return SegmenterDeployment
+
+
+def check_artifacts(model_dir: Path, artifact: str) -> None:
+    """Refuse, here and now, a folder the replicas could not load (bad manifest, missing or
+    changed model file) instead of failing inside each replica later."""
+    model_file(model_dir, load_manifest(model_dir), artifact)
+
+
+def build_app(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
+              replicas: int = 1, max_batch: int = 8, batch_wait_ms: float = 10.0,
+              gpus_per_replica: float = 0.5) -> Any:
+    """The Serve application, for `serve.run(app)` or a Ray cluster's config file."""
+    require_ray("Ray Serve")
+    from ray import serve
+
+    model_dir = Path(model_dir).resolve()
+    check_artifacts(model_dir, "torchscript" if backend == "native" else backend)
+    if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
+        raise ValueError(f"replicas and max_batch must be >= 1 and batch_wait_ms >= 0, got "
+                         f"{replicas}, {max_batch}, {batch_wait_ms}")
+    actor_options: dict[str, Any] = {"num_cpus": 1}
+    if device.startswith("cuda"):
+        actor_options["num_gpus"] = gpus_per_replica
+    deployment = serve.deployment(
+        _deployment_class(max_batch, batch_wait_ms), name="carseg",
+        num_replicas=replicas, ray_actor_options=actor_options,
+        max_ongoing_requests=max(4 * max_batch, 16), health_check_period_s=5)
+    return deployment.bind(str(model_dir), backend, device, max_batch, batch_wait_ms)
+
+
+def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> None:
+    """`carseg serve`: start a local Ray, run the app, block until Ctrl-C, shut down."""
+    require_ray("Ray Serve")
+    import ray
+    from ray import serve
+
+    app = build_app(model_dir, **kwargs)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        try:
+            serve.run(app, name="carseg", route_prefix="/")
+        except RuntimeError as e:  # a replica failed to start: say why, in one line
+            raise CarsegError(f"{model_dir}: the Serve app did not start: "
+                              f"{str(e).strip().splitlines()[-1]}") from None
+        log.info("serving %s on http://%s:%d (POST /v1/segment); Ctrl-C stops", model_dir,
+                 host, port)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        serve.shutdown()
+        ray.shutdown()

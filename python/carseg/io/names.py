@@ -1,0 +1,63 @@
+"""What a run reads and what it names its outputs, as libcarseg's pipeline.h does:
+NAME_mask.png and NAME_cutout.jpg (white) or NAME_cutout.png (transparent) for photo NAME.ext."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carseg.io.encode import CUTOUT_SUFFIX, parse_background
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+OUTPUT_STEMS = ("_mask", "_cutout")
+
+
+def mask_path(output: Path, photo: Path) -> Path:
+    return output / f"{photo.stem}_mask.png"
+
+
+def cutout_path(output: Path, photo: Path, background: str) -> Path:
+    return output / f"{photo.stem}_cutout{CUTOUT_SUFFIX[parse_background(background)]}"
+
+
+def outputs_for(photo: Path, output: Path, cutout: str) -> list[Path]:
+    """Every file a run writes for `photo`; `cutout` is white, transparent or none."""
+    outs = [mask_path(output, photo)]
+    if parse_background(cutout, allow_none=True, field="cutout") != "none":
+        outs.append(cutout_path(output, photo, cutout))
+    return outs
+
+
+def is_output_name(path: Path) -> bool:
+    return path.stem.endswith(OUTPUT_STEMS)
+
+
+def list_photos(inputs: list[Path], output: Path | None = None
+                ) -> tuple[list[Path], list[dict[str, str]]]:
+    """Photos named or found (not recursively, sorted) in folders; missing inputs are failures.
+
+    In a folder that is also the output folder, the run's own outputs (`*_mask.*`,
+    `*_cutout.*`) are not photos: a second run must not segment the first run's cutouts. Two
+    photos with one stem would write the same outputs: the later one is a failure.
+    """
+    out_dir = output.resolve() if output is not None else None
+    photos, failed = [], []
+    for p in inputs:
+        if p.is_dir():
+            ours = out_dir is not None and p.resolve() == out_dir
+            photos += sorted(q for q in p.iterdir()
+                             if q.is_file() and q.suffix.lower() in PHOTO_SUFFIXES
+                             and not (ours and is_output_name(q)))
+        elif p.is_file():
+            photos.append(p)
+        else:
+            failed.append({"path": str(p), "reason": "no such file or folder"})
+    stems: dict[str, Path] = {}
+    unique = []
+    for p in photos:
+        if p.stem in stems:
+            failed.append({"path": str(p), "reason": f"same name as {stems[p.stem]}; "
+                           f"outputs would collide"})
+            continue
+        stems[p.stem] = p
+        unique.append(p.resolve())
+    return unique, failed

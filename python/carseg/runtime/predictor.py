@@ -1,0 +1,38 @@
+"""One way to open any backend as a predictor of masks, for the commands that serve them.
+
+backend "native" is the C++ core through carseg._native; "torchscript", "onnx" and "aoti" run
+the artifact in Python through carseg.runtime.reference.ReferencePredictor. Both take HxWx3
+uint8 RGB arrays of any size and return HxW uint8 {0,1} masks at the photo's size.
+
+carseg._native is imported when first asked for: it is compiled, and `import carseg` must work
+where it was not built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from carseg.errors import CarsegError
+from carseg.runtime.reference import ReferencePredictor
+
+BACKENDS = ("native", "torchscript", "onnx", "aoti")
+
+
+def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
+                   precision: str = "fp32", threshold: float | None = None) -> Any:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "native":
+        try:
+            from carseg import _native
+        except ImportError as e:
+            raise CarsegError(f"backend native: the C++ module carseg._native is not built "
+                              f"({e}); use --backend torchscript, or build with "
+                              f"`pip install --no-build-isolation -e .`") from None
+        return _native.Predictor(str(model_dir), device=device, precision=precision,
+                                 threshold=threshold)
+    if precision != "fp32":
+        raise ValueError(f"precision {precision}: the Python backends run the artifact's own "
+                         f"precision; export an fp16 folder instead")
+    return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold)

@@ -1,0 +1,208 @@
+"""The reference predictor: an exported artifact folder in, masks at the photo's size out.
+
+Everything between pixels and the model goes through carseg.runtime.preprocess (the contract in
+docs/manifest.md), so this is what the C++ runtime's parity tests compare against:
+
+    predictor = ReferencePredictor("artifacts", backend="torchscript")
+    mask = predictor.predict(read_rgb("car.jpg"))        # uint8 [H, W] in {0, 1}
+
+It reads manifest.json, refuses a model file whose sha256 differs from the manifest's, and
+loads the file with the backend's own loader: torch.jit.load, onnxruntime, or
+torch._inductor.aoti_load_package.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from carseg.errors import CarsegError
+from carseg.runtime.manifest import load_manifest, model_file
+from carseg.runtime.preprocess import mask_from_logits, postprocess_logits, preprocess_batch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torchscript", "onnx", "aoti")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CarsegError(f"device {device}: no CUDA device here (torch.cuda.is_available() "
+                          f"is False)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device: expected cpu or cuda, got {device!r}")
+    return dev
+
+
+def load_backend(path: str | Path, backend: str, device: str | torch.device = "cpu",
+                 compiled_for: str = "cpu") -> Runner:
+    """A function float [N,3,H,W] (on `device`, the artifact's dtype) -> logits [N,1,H,W].
+
+    `compiled_for` is the manifest's artifact device: an AOTInductor package runs only there.
+    """
+    path = Path(path)
+    dev = _device(device)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    if backend == "torchscript":
+        try:
+            with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(str(path), map_location=dev)
+        except Exception as e:
+            raise CarsegError(f"{path}: cannot load as TorchScript ({_first_line(e)})") from None
+        module.eval()
+
+        def run_ts(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return run_ts
+    if backend == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise CarsegError(f"{path}: onnxruntime is not installed ({e}); pip install "
+                              f"onnxruntime (CPU) or onnxruntime-gpu (CUDA)") from None
+        providers = ["CPUExecutionProvider"]
+        if dev.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise CarsegError(f"{path}: onnxruntime here has no CUDA provider (install "
+                                  f"onnxruntime-gpu instead of onnxruntime)")
+            providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:
+            raise CarsegError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+        in_name = session.get_inputs()[0].name
+        out_name = session.get_outputs()[0].name
+
+        def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            y = session.run([out_name], {in_name: x.detach().cpu().numpy()})[0]
+            return torch.from_numpy(y).to(x.device)
+
+        return run_onnx
+    if backend == "aoti":
+        if torch.device(compiled_for).type != dev.type:
+            raise CarsegError(f"{path}: compiled for {compiled_for}, cannot run on {dev}; "
+                              f"export it again with --device {dev.type}")
+        try:
+            runner = torch._inductor.aoti_load_package(str(path))
+        except Exception as e:
+            raise CarsegError(f"{path}: cannot load as an AOTInductor package "
+                              f"({_first_line(e)})") from None
+
+        def run_aoti(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                y = runner(x)
+            return y[0] if isinstance(y, (list, tuple)) else y
+
+        return run_aoti
+    raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class ReferencePredictor:
+    """An artifact folder (manifest.json + model files) as a Python predictor."""
+
+    def __init__(self, model_dir: str | Path, backend: str = "torchscript",
+                 device: str | torch.device = "cpu", threshold: float | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+        self.model_dir = Path(model_dir)
+        self.manifest = load_manifest(self.model_dir)
+        source = str(self.model_dir / "manifest.json")
+        self.artifact: dict[str, Any] = self.manifest.artifact(backend, source=source)
+        self.backend = backend
+        self.device = _device(device)
+        self.spec = self.manifest.spec
+        self.threshold = self.manifest.threshold if threshold is None else float(threshold)
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        self.dtype = _DTYPES.get(self.manifest.input["dtype"])
+        if self.dtype is None:
+            raise ValueError(f"{source}: input.dtype: expected one of {sorted(_DTYPES)}, got "
+                             f"{self.manifest.input['dtype']!r}")
+        self.path = model_file(self.model_dir, self.manifest, backend)
+        self._run = load_backend(self.path, backend, self.device, self.artifact["device"])
+        self.dynamic_batch = bool(self.artifact["dynamic"]["batch"])
+
+    def __repr__(self) -> str:
+        return (f"ReferencePredictor({str(self.model_dir)!r}, backend={self.backend!r}, "
+                f"device={str(self.device)!r}, threshold={self.threshold})")
+
+    # ---- the model alone --------------------------------------------------------------------
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalized float [N,3,S,S] -> float32 logits [N,1,S,S], exactly what the file gives."""
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"batch: expected shape [N, 3, H, W], got {list(batch.shape)}")
+        x = batch.to(device=self.device, dtype=self.dtype)
+        if self.dynamic_batch or x.shape[0] == 1:
+            y = self._run(x)
+        else:
+            y = torch.cat([self._run(x[i:i + 1]) for i in range(x.shape[0])])
+        return y.float()
+
+    # ---- photos ------------------------------------------------------------------------------
+    @staticmethod
+    def _as_tensor(image: Any) -> tuple[torch.Tensor, bool]:
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8:
+                raise ValueError(f"image: expected dtype uint8, got {image.dtype}")
+            if not image.flags.writeable:  # torch warns about (and may write to) read-only
+                image = image.copy()
+            return torch.from_numpy(np.ascontiguousarray(image)), True
+        if isinstance(image, torch.Tensor):
+            return image, False
+        raise TypeError(f"image: expected a numpy array or a torch tensor, got "
+                        f"{type(image).__name__}")
+
+    def _logits(self, images: Sequence[Any]) -> list[tuple[torch.Tensor, bool, torch.device]]:
+        tensors = [self._as_tensor(im) for im in images]
+        on_device = [t.to(self.device) for t, _ in tensors]
+        logits = self.run(preprocess_batch(on_device, self.spec))
+        out = []
+        for (t, was_numpy), lg, im in zip(tensors, logits, on_device, strict=True):
+            hw = (int(im.shape[0]), int(im.shape[1]))
+            out.append((postprocess_logits(lg, hw, self.spec), was_numpy, t.device))
+        return out
+
+    @staticmethod
+    def _give_back(t: torch.Tensor, was_numpy: bool, device: torch.device) -> Any:
+        return t.cpu().numpy() if was_numpy else t.to(device)
+
+    def predict_logits(self, image: Any) -> Any:
+        """uint8 [H,W,3] RGB (numpy or tensor) -> float32 logits [H,W] at the photo's size.
+
+        Numpy in, numpy out; a tensor in gives a tensor on the input's device.
+        """
+        lg, was_numpy, dev = self._logits([image])[0]
+        return self._give_back(lg, was_numpy, dev)
+
+    def predict(self, image: Any) -> Any:
+        """uint8 [H,W,3] RGB -> uint8 mask [H,W] in {0,1}: sigmoid(logits) > threshold."""
+        lg, was_numpy, dev = self._logits([image])[0]
+        return self._give_back(mask_from_logits(lg, self.threshold), was_numpy, dev)
+
+    def predict_batch(self, images: Sequence[Any]) -> list[Any]:
+        """Photos of any sizes, run as one batch -> one mask per photo, at its own size."""
+        if len(images) == 0:
+            raise ValueError("images: expected at least one image, got an empty list")
+        return [self._give_back(mask_from_logits(lg, self.threshold), was_numpy, dev)
+                for lg, was_numpy, dev in self._logits(list(images))]

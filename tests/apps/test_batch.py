@@ -1,0 +1,121 @@
+"""carseg batch on Ray Data: one output per good photo, bad ones reported, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import BAD_PHOTOS, copy_photos, native_built, write_bad_photos
+
+pytest.importorskip("ray.data", reason="the `scale` extra (ray[data]) is not installed")
+
+CARSEG = Path(sys.executable).parent / "carseg"
+
+
+@pytest.fixture()
+def photos(tiny_data: Path, tmp_path: Path) -> Path:
+    folder = copy_photos(tiny_data, tmp_path / "photos", 12)
+    write_bad_photos(folder, next(folder.glob("*_01.jpg")))
+    return folder
+
+
+def _run(photos: Path, model: Path, out: Path, report: Path, backend: str = "torchscript",
+         **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(CARSEG), "batch", str(photos), "--model", str(model), "--output", str(out),
+         "--report", str(report), "--batch-size", "2", "--workers", "1", "--backend", backend],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _good(photos: Path) -> list[Path]:
+    return sorted(p for p in photos.glob("*.jpg") if p.name not in BAD_PHOTOS)
+
+
+
+def _check_outputs(out: Path, good: list[Path], reference=None) -> None:
+    names = sorted(p.name for p in out.iterdir())
+    expected = sorted([f"{p.stem}_mask.png" for p in good] + [f"{p.stem}_cutout.jpg" for p in good])
+    assert names == expected  # exactly one mask and one cutout per good photo, nothing else
+    from carseg.io.images import read_mask, read_rgb
+
+    for p in good:
+        m = read_mask(out / f"{p.stem}_mask.png")
+        assert m.shape == read_rgb(p).shape[:2] and set(np.unique(m)) <= {0, 1}
+        if reference is not None:  # the reference predictor's mask for the same photo
+            want = reference.predict(read_rgb(p)).astype(bool)
+            union = (want | (m > 0)).sum()
+            assert union == 0 or (want & (m > 0)).sum() / union >= 0.999, p.name
+
+
+@pytest.mark.parametrize("backend", ["torchscript", "native"])
+def test_good_and_bad_photos(photos: Path, tiny_artifacts: Path, tmp_path: Path,
+                             backend: str) -> None:
+    """Python backends decode, predict and write in Ray tasks; native runs libcarseg's
+    pipeline in each actor. Either way: the reference's masks, each bad file named."""
+    if backend == "native" and not native_built():
+        pytest.skip("carseg._native is not built")
+    from carseg.runtime.reference import ReferencePredictor
+
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    proc = _run(photos, tiny_artifacts, out, report, backend)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, err[-2000:]
+    r = json.loads(report.read_text())
+    good = _good(photos)
+    assert r["counts"] == {"done": 12, "skipped": 0, "failed": len(BAD_PHOTOS)}
+    reasons = {Path(f["path"]).name: f["reason"] for f in r["failed"]}
+    for name, words in BAD_PHOTOS.items():
+        assert words in reasons[name], reasons[name]
+    for name in reasons:
+        assert f"carseg batch: error: {photos / name}" in err
+    _check_outputs(out, good, ReferencePredictor(tiny_artifacts))
+
+
+def test_interrupted_run_then_rerun_completes_without_duplicates(
+        photos: Path, tiny_artifacts: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    for bad in BAD_PHOTOS:
+        (photos / bad).unlink()
+    good = _good(photos)
+    proc = _run(photos, tiny_artifacts, out, report, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.is_dir() and len(list(out.glob("*_mask.png"))) >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash, not a polite stop
+    proc.communicate(timeout=60)
+    first = {p.name for p in out.glob("*_mask.png")}
+    assert 0 < len(first), "the first run wrote nothing before it was killed"
+    proc = _run(photos, tiny_artifacts, out, report)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    r = json.loads(report.read_text())
+    assert r["counts"]["failed"] == 0
+    assert r["counts"]["done"] + r["counts"]["skipped"] == len(good)
+    assert r["counts"]["skipped"] >= 1
+    assert not set(r["done"]) & set(r["skipped"])
+    _check_outputs(out, good)
+    # and a third run finds everything done
+    proc = _run(photos, tiny_artifacts, out, report)
+    proc.communicate(timeout=600)
+    assert json.loads(report.read_text())["counts"] == {"done": 0, "skipped": len(good),
+                                                        "failed": 0}
+
+
+def test_unwritable_output_is_a_clear_error(photos: Path, tiny_artifacts: Path,
+                                            tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = subprocess.run([str(CARSEG), "batch", str(photos), "--model", str(tiny_artifacts),
+                           "--output", str(blocker / "out")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "cannot create the output folder (a file is in the way)" in proc.stderr

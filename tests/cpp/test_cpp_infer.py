@@ -1,0 +1,176 @@
+"""carseg_infer end to end: outputs, exit codes, the JSON report and parity with Python."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import BAD_PHOTOS, carseg_infer, write_bad_photos
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_FIXTURES = REPO / "build" / "py" / "cpp" / "tests" / "fixtures"
+
+
+INFER = carseg_infer()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    INFER is None, reason="carseg_infer is not built (pip install -e .)")]
+
+
+@pytest.fixture(scope="session")
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Photos, a random-weight TorchScript artifact folder and Python reference masks."""
+    out = BUILD_FIXTURES if BUILD_FIXTURES.parent.is_dir() else tmp_path_factory.mktemp("fx")
+    subprocess.run([sys.executable, str(REPO / "cpp" / "tests" / "make_fixtures.py"),
+                    "--out", str(out)], check=True)
+    return out
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(INFER), *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def photos(fixtures: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("photo_480x640", "photo_300x200", "photo_37x53"):
+        shutil.copy(fixtures / f"{name}.png", d / f"{name}.png")
+    return d
+
+
+def test_folder_with_bad_files_exit_1_and_report(fixtures: Path, photos: Path,
+                                                 tmp_path: Path) -> None:
+    jpeg = tmp_path / "photo.jpg"
+    from PIL import Image
+    Image.open(photos / "photo_300x200.png").convert("RGB").save(jpeg, quality=90)
+    write_bad_photos(photos, jpeg)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", out,
+            "--report", report, "--batch", "2")
+    assert r.returncode == 1, r.stderr
+    for bad, reason in BAD_PHOTOS.items():
+        line = next(ln for ln in r.stderr.splitlines() if bad in ln)
+        assert line.startswith(f"carseg_infer: error: {photos / bad}: "), line
+        assert reason in line
+    rep = json.loads(report.read_text())
+    assert rep["inputs"] == 7 and rep["succeeded"] == 3 and rep["failed"] == 4
+    assert sorted(Path(e["file"]).name for e in rep["errors"]) == sorted(BAD_PHOTOS)
+    for name, (h, w) in (("photo_480x640", (480, 640)), ("photo_37x53", (37, 53))):
+        mask = np.asarray(Image.open(out / f"{name}_mask.png"))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert Image.open(out / f"{name}_cutout.jpg").size == (w, h)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["default", "exact"])
+def test_masks_match_python_reference(fixtures: Path, tmp_path: Path, exact: bool) -> None:
+    """By default (fused CPU kernels, oneDNN Graph fusion) the masks agree with the Python
+    reference to IoU >= 0.999 and at most 1 pixel in 10,000; with --exact they are identical."""
+    from PIL import Image
+    cases = json.loads((fixtures / "cases.json").read_text())
+    inputs = [fixtures / f"{e['name']}.png" for e in cases["images"]]
+    out = tmp_path / "out"
+    r = run("infer", "--model", fixtures / "model", "--input", *inputs, "--output", out,
+            "--cutout", "transparent", "--batch", str(len(inputs)),
+            *(["--exact"] if exact else []))
+    assert r.returncode == 0, r.stderr
+    for e in cases["images"]:
+        ours = np.asarray(Image.open(out / f"{e['name']}_mask.png")) > 0
+        raw = np.fromfile(fixtures / f"{e['name']}.ref_mask.u8", np.uint8)
+        ref = raw.reshape(e["h"], e["w"]) > 0
+        union = (ours | ref).sum()
+        assert union == 0 or (ours & ref).sum() / union >= 0.999, e["name"]
+        if exact:
+            assert np.array_equal(ours, ref), e["name"]
+        else:
+            assert (ours != ref).sum() <= max(1, ref.size // 10_000), e["name"]
+        cut = Image.open(out / f"{e['name']}_cutout.png")
+        assert cut.mode == "RGBA" and cut.size == (e["w"], e["h"])
+        assert np.array_equal(np.asarray(cut)[..., 3] > 0, ours)
+
+
+def test_usage_errors_exit_2(fixtures: Path, photos: Path, tmp_path: Path) -> None:
+    r = run("infer", "--model", tmp_path / "nowhere", "--input", photos, "--output", tmp_path / "o")
+    assert r.returncode == 2 and "manifest.json" in r.stderr
+    r = run("infer", "--model", fixtures / "model", "--input", photos)
+    assert r.returncode == 2 and "--output is required" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", blocker / "o")
+    assert r.returncode == 2 and "cannot create the output folder" in r.stderr
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", tmp_path / "o",
+            "--threshold", "2")
+    assert r.returncode == 2 and "--threshold" in r.stderr
+    assert run("infer", "--help").returncode == 0
+    assert "--iters" in run("bench", "--help").stdout
+
+
+def test_cuda_without_device_exit_2(fixtures: Path, photos: Path, tmp_path: Path) -> None:
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", tmp_path / "o",
+            "--device", "cuda")
+    assert r.returncode == 2
+    assert "CUDA requested but not available" in r.stderr
+
+
+def test_bench_json(fixtures: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = run("bench", "--model", fixtures / "model", "--batch", "1,2", "--iters", "3",
+            "--warmup", "1", "--json", out, "--input", photos)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert [row["batch"] for row in rep["results"]] == [1, 2]
+    assert all(row["p50_ms"] > 0 for row in rep["results"])
+    assert rep["end_to_end"]["images"] == 3
+
+
+def test_aoti_backend_matches_torchscript(tiny_artifacts_all: Path, tiny_data: Path,
+                                         tmp_path: Path) -> None:
+    """carseg_infer --backend aoti on conftest's model.pt2 against --backend torchscript."""
+    from PIL import Image
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for p in sorted((tiny_data / "train").glob("*.jpg"))[:3]:
+        shutil.copy(p, photos / p.name)
+    masks = {}
+    for backend in ("aoti", "torchscript"):
+        out, report = tmp_path / backend, tmp_path / f"{backend}.json"
+        r = run("infer", "--model", tiny_artifacts_all, "--input", photos, "--output", out,
+                "--backend", backend, "--cutout", "none", "--report", report)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(report.read_text())["backend"] == backend
+        masks[backend] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
+    assert masks["aoti"].keys() == masks["torchscript"].keys() and len(masks["aoti"]) == 3
+    for name, a in masks["aoti"].items():
+        b = masks["torchscript"][name]
+        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.999, name
+
+
+def test_same_stem_is_refused_and_unwritable_report_fails_early(fixtures: Path, photos: Path,
+                                                                tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.open(photos / "photo_37x53.png").convert("RGB").save(photos / "photo_37x53.jpg")
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", out,
+            "--report", report)
+    assert r.returncode == 1
+    assert f"{photos / 'photo_37x53.png'}: same name as {photos / 'photo_37x53.jpg'}" in r.stderr
+    assert len(list(out.glob("photo_37x53_mask.png"))) == 1
+    rep = json.loads(report.read_text())
+    assert rep["succeeded"] == 3 and rep["failed"] == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output",
+            tmp_path / "out2", "--report", blocker / "r.json")
+    assert r.returncode == 2 and "cannot create the output folder" in r.stderr
+    assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
