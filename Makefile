@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD := build/py
-DEBS := libstb-dev libturbojpeg0-dev zlib1g-dev libgtest-dev nlohmann-json3-dev
+DEBS := libstb-dev libturbojpeg0-dev zlib1g-dev libgtest-dev nlohmann-json3-dev curl
 CPP_SOURCES := $(shell find cpp cmake -type f -not -name "*.pyc" 2>/dev/null) CMakeLists.txt pyproject.toml
 DATA ?=
 export OMP_NUM_THREADS ?= 2
@@ -48,7 +48,10 @@ $(VENV)/.installed: $(VENV)/.deps $(CPP_SOURCES)
 	  test $${PIPESTATUS[0]} -eq 0
 	@touch $@
 
+TOOLS_HINT := @echo "== the tools are in .venv: run 'source .venv/bin/activate' in each new shell (carseg, carseg_infer, catalyst-run, python -m export)"
+
 test: setup test-py test-cpp
+	$(TOOLS_HINT)
 
 test-py: setup
 	$(PY) -m pytest -q
@@ -60,6 +63,7 @@ test-cpp: setup
 
 demo: setup
 	@$(PY) python/demo.py $(if $(DATA),--data $(DATA),)
+	$(TOOLS_HINT)
 
 clean:
 	rm -rf build demo

@@ -3,7 +3,9 @@
 For each resolution and batch size: p50/p90/p99 latency, throughput, peak device memory and
 accuracy against eager fp32 (max |diff| of logits, mask IoU). Then the device's measured
 ceiling (a large matrix product, a large copy) and each backend's share of it. Writes
-results.json, results.md and PNG plots to benchmarks/results/<device-slug>/.
+results.json, results.md (with the plots embedded) and PNG plots to out/benchmarks/<device-slug>/
+under the current folder (untracked); `--commit` writes them to the committed page,
+benchmarks/results/<device-slug>/, instead.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from benchmarks import measure as M
 from carseg.io.files import write_atomic
 
 log = logging.getLogger("benchmarks")
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results"  # committed pages, one per device
+SCRATCH = Path("out") / "benchmarks"  # a plain run's results: untracked (.gitignore: /out/)
 CPU_MAX_BATCH_PIXELS = 4 * 2 ** 20  # on the CPU, full-size inputs run at batch 1 only
 
 
@@ -204,7 +207,8 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     return rows
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
+def write_markdown(results: dict[str, Any], path: Path,  # noqa: C901
+                   plots: list[Path] | None = None) -> None:
     dev = results["device"]
     lines = [f"# carseg benchmark: {dev['name']} ({dev['type']})", "",
              f"torch {dev['torch']}, {results['threads']} threads, model "
@@ -279,6 +283,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:  # noqa: C901
                          f"{r['seconds_with_ray_start']:.1f} |")
     elif sc:
         lines += ["", f"Scaling out: skipped: {sc['skipped']}"]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem.replace('_', ' ')} px]({p.name})"
+                                        for p in plots]
     write_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -344,7 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=Path, metavar="DIR",
                    help="also benchmark Ray Serve (concurrency 1/8/32 vs in-process) and "
                         "`carseg batch` (1 and 2 workers) on this folder of photos")
-    p.add_argument("--out", type=Path, help="results folder (default results/<device-slug>)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path,
+                       help="results folder (default: out/benchmarks/<device-slug>, untracked)")
+    where.add_argument("--commit", action="store_true",
+                       help="write the committed page, benchmarks/results/<device-slug>/")
     return p
 
 
@@ -400,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["backends"].append({"backend": "bindings", "cells": [], "skipped": reason})
     log.info("  %-18s skipped: %s", "bindings", reason)
 
-    out = args.out or RESULTS / info["slug"]
+    out = args.out or (RESULTS if args.commit else SCRATCH) / info["slug"]
     out.mkdir(parents=True, exist_ok=True)
     if args.e2e:
         import tempfile
@@ -418,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["scale"] = scale.run(args.artifacts, photos, args.quick)
         results["scale_input"] = str(args.scale)
     write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
-    write_markdown(results, out / "results.md")
     plots = write_plots(results, out)
+    write_markdown(results, out / "results.md", plots)
     log.info("wrote %s, %s and %d plot(s)", out / "results.json", out / "results.md", len(plots))
     return 0

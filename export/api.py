@@ -47,8 +47,10 @@ def export_artifact(fmt: str, logdir: str | Path, out: str | Path | None = None,
         raise ValueError(f"--method: expected trace or script, got {method!r}")
     source = load_source(logdir, checkpoint)
     out = prepare_out_dir(out if out is not None else default_out(source.logdir))
-    log.info("%s: rebuilding %s/%s from %s, weights %s", fmt, source.model_kwargs["arch"],
-             source.model_kwargs["encoder_name"], source.config_path.name, source.checkpoint)
+    valid = ", ".join(f"valid {k} {v:.4f}" for k, v in source.valid.items() if k != "loss")
+    log.info("%s: the run in %s (%s/%s, %s%s)", fmt, source.logdir, source.model_kwargs["arch"],
+             source.model_kwargs["encoder_name"], source.checkpoint.name,
+             f", {valid}" if valid else "")
     model = build_eager(source, dev, dtype)
     base = base_manifest(source, model, precision)
     if (out / MANIFEST_NAME).exists():  # refuse a folder of another model before the slow part

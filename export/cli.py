@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from carseg import __version__
-from carseg.cli import run_command
+from carseg.cli import run_command, use_help_formatter
 from carseg.errors import CarsegError
 from carseg.io.files import write_atomic
 
@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take artifacts that verify has not passed")
     s.set_defaults(func=cmd_triton)
 
-    return p
+    return use_help_formatter(p)
 
 
 def build_worker_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from carseg.apps.gallery import dice
+from carseg.datasets.prepare import read_csv
+from carseg.io.images import read_mask
+
 log = logging.getLogger("carseg.demo")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +45,17 @@ class Steps:
             raise SystemExit(f"demo: step '{name}' failed (exit {proc.returncode}) "
                              f"after {dt:.0f} s")
         print(f"=== {name}: done in {dt:.1f} s", flush=True)
+
+
+def full_resolution_dice(csv_path: Path, masks: Path) -> tuple[float, int, tuple[int, int]]:
+    """Mean Dice of `masks`/<stem>_mask.png against the CSV's true masks, each at its photo's
+    own size: (Dice, photos, (width, height) of the first)."""
+    dices, size = [], (0, 0)
+    for photo, truth_path in read_csv(csv_path):
+        pred, truth = read_mask(masks / f"{photo.stem}_mask.png"), read_mask(truth_path)
+        size = size if dices else (truth.shape[1], truth.shape[0])
+        dices.append(dice(truth, pred))
+    return sum(dices) / len(dices), len(dices), size
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,18 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "--images", csv_dir / "dataset_valid.csv"])
     infer = shutil.which("carseg_infer", path=str(BIN))
     if infer and (artifacts / "manifest.json").is_file():
-        held_out = out / "held_out"
+        held_out = out / "held_out"  # the validation photos: never trained on
         shutil.rmtree(held_out, ignore_errors=True)
         held_out.mkdir()
-        rows = (csv_dir / "dataset_valid.csv").read_text().splitlines()[1:13]
-        for row in rows:
-            src = Path(row.split(",")[0])
-            (held_out / src.name).symlink_to(src)
+        for photo, _ in read_csv(csv_dir / "dataset_valid.csv"):
+            (held_out / photo.name).symlink_to(photo)
+        shutil.copyfile(next(held_out.iterdir()).resolve(), out / "car.jpg")  # for the README
         cutouts = out / "cutouts"
         shutil.rmtree(cutouts, ignore_errors=True)
         steps.run("carseg_infer infer", [infer, "infer", "--model", artifacts, "--input", held_out,
                                          "--output", cutouts, "--report",
                                          out / "infer_report.json"])
+    full_res = None
+    if (out / "cutouts").is_dir():
+        full_res = full_resolution_dice(csv_dir / "dataset_valid.csv", out / "cutouts")
     if (artifacts / "manifest.json").is_file():
         masks = ["--masks", out / "cutouts"] if (out / "cutouts").is_dir() else []
         steps.run("gallery", [carseg, "gallery", "--csv", csv_dir / "dataset_valid.csv", *masks,
@@ -127,8 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, dt in steps.times:
         print(f"  {name:<24} {dt:7.1f} s")
     valid = summary["valid"]
-    print(f"  valid dice {valid['dice']:.4f}, iou {valid['iou']:.4f} "
+    size = summary.get("image_size", "")
+    print(f"  valid Dice {valid['dice']:.4f}, IoU {valid['iou']:.4f}: Catalyst's metric on the "
+          f"validation photos at the model's input size{f' ({size} px)' if size else ''} "
           f"(best epoch {summary['best_epoch']} of {summary['num_epochs']})")
+    if full_res is not None:
+        dice, n, (w, h) = full_res
+        print(f"  full-resolution Dice {dice:.4f}: carseg_infer's masks at {w}x{h} against the "
+              f"true masks, the same {n} validation photos")
     print(f"  data:      {data}\n  logdir:    {logdir}  (tensorboard --logdir {logdir})")
     if (artifacts / "manifest.json").is_file():
         print(f"  artifacts: {artifacts}")

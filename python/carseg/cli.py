@@ -52,7 +52,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     written = write_dataset(args.out, args.num, size=size, seed=args.seed, views=args.views,
                             progress=_progress("synth"))
-    log.info("wrote %d photos and masks (%dx%d) to %s in %.1f s", len(written), size[1], size[0],
+    log.info("wrote %d photos and masks of %dx%d (HxW) to %s in %.1f s", len(written), *size,
              args.out, time.monotonic() - t0)
     return EXIT_OK
 
@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
         return EXIT_OK
     t0 = time.monotonic()
-    logdir = run_config(config)
+    logdir = run_config(config, overwrite=args.overwrite)
     summary = logdir / "summary.json"
     if summary.is_file():
         import json
@@ -94,8 +94,7 @@ def cmd_gallery(args: argparse.Namespace) -> int:
     rows = gallery.collect(args.csv, masks=args.masks, model=args.model, num=args.num)
     html_path = args.out.with_suffix(".html")
     gallery.write(rows, args.out, html_path, title=args.title)
-    mean = sum(r.dice for r in rows) / len(rows)
-    log.info("wrote %s and %s (%d photos, mean Dice %.4f)", args.out, html_path, len(rows), mean)
+    log.info("wrote %s and %s; %s", args.out, html_path, gallery.describe_dice(rows))
     return EXIT_OK
 
 
@@ -138,6 +137,31 @@ def cmd_cutout(args: argparse.Namespace) -> int:
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help says its default (unless it has none or names it already); epilogs
+    keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in help_ or default is None
+                or default is False or default == argparse.SUPPRESS):
+            return help_
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(d) for d in default)
+        return f"{help_} (default: {str(default).replace('%', '%%')})"
+
+
+def use_help_formatter(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """HelpFormatter for `parser` and each of its subcommands."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.formatter_class = HelpFormatter
+    return parser
+
+
 def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool = True) -> None:
     """What the commands that run an artifact folder share: inputs, model, output, backend,
     device."""
@@ -147,7 +171,9 @@ def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool =
     if folders:
         s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
     s.add_argument("--backend", choices=backends, default="torchscript",
-                   help="native: the C++ core (carseg._native); others run the artifact in Python")
+                   help="native: the C++ core (carseg._native), the same pipeline as "
+                        "carseg_infer, where it is built; the others run the artifact in "
+                        "Python, which works wherever the package installs")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
@@ -175,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--datapath", type=Path, required=True,
                    help="folder with train/ and train_masks/ (Carvana's layout)")
     s.add_argument("--valid-size", type=float, default=0.2, help="share of cars for validation")
-    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--seed", type=int, default=42,
+                   help="seed of the split: the same seed puts the same cars in valid")
     s.add_argument("--out", type=Path, default=None, help="where the CSVs go (default: DATAPATH)")
     s.set_defaults(func=cmd_prepare)
 
@@ -189,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder holding dataset_train.csv and dataset_valid.csv")
     s.add_argument("--epochs", type=int, help="override num_epochs")
     s.add_argument("--image-size", type=int, help="override image_size (multiple of 32)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run in the logdir (default: refuse to touch it)")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and stop")
     s.set_defaults(func=cmd_train)
 
@@ -207,9 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: carseg cutout photos/ --model demo/artifacts --output "
                               "cutouts/ --background transparent")
     _model_args(s, ["native", "torchscript", "onnx", "aoti"])
-    s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16 needs CUDA and the native backend")
     s.add_argument("--threshold", type=float, help="override the manifest's threshold")
-    s.add_argument("--background", choices=["white", "transparent"], default="white")
+    s.add_argument("--background", choices=["white", "transparent"], default="white",
+                   help="white: NAME_cutout.jpg on white; transparent: NAME_cutout.png, "
+                        "the mask as alpha")
     s.add_argument("--workers", type=int, default=2, help="decode/encode threads")
     s.set_defaults(func=cmd_cutout)
 
@@ -218,12 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "curl --data-binary @car.jpg -H 'Content-Type: image/jpeg' "
                               "http://127.0.0.1:8000/v1/segment > mask.png")
     _model_args(s, ["native", "torchscript", "onnx"], folders=False)
-    s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--replicas", type=int, default=1, help="replicas, one predictor each")
     s.add_argument("--max-batch", type=int, default=8, help="largest dynamic batch")
     s.add_argument("--batch-wait-ms", type=float, default=10.0,
                    help="how long a replica waits to fill a batch")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("batch", help="batch inference over folders on Ray Data (extra `scale`)",
@@ -233,11 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", default="local",
                    help="local (default), auto, or ray://HOST:10001 for a cluster")
     s.add_argument("--workers", type=int, default=1, help="predictor actors")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--cutout", choices=["white", "transparent", "none"], default="white")
+    s.add_argument("--batch-size", type=int, default=4, help="photos per predictor call")
+    s.add_argument("--cutout", choices=["white", "transparent", "none"], default="white",
+                   help="the cutout written beside each mask (none: masks only)")
     s.add_argument("--report", type=Path, help="JSON report: done, skipped, failed with reasons")
     s.set_defaults(func=cmd_batch)
-    return p
+    return use_help_formatter(p)
 
 
 def _message(e: BaseException) -> str:

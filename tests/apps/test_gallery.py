@@ -38,7 +38,7 @@ def test_gallery_from_a_masks_folder(tiny_data: Path, tmp_path: Path) -> None:
     img = read_rgb(out)
     assert img.shape[1] == 4 * 240 and img.shape[0] > 3 * 100
     page = out.with_suffix(".html").read_text()
-    assert page.count("<img") == 12 and "Mean Dice" in page
+    assert page.count("<img") == 12 and "Full-resolution Dice" in page and "240x160" in page
 
 
 def test_gallery_without_masks_or_model_says_so(tiny_data: Path, tmp_path: Path) -> None:

@@ -33,10 +33,12 @@ PORT = _free_port()
 URL = f"http://127.0.0.1:{PORT}"
 
 
-def _post(path: str, body: bytes, ctype: str = "image/jpeg", timeout: float = 30.0
+def _post(path: str, body: bytes, ctype: str | None = "image/jpeg", timeout: float = 30.0
           ) -> tuple[int, bytes]:
-    req = urllib.request.Request(URL + path, data=body, headers={"Content-Type": ctype},
-                                 method="POST")
+    """POST `body`; ctype None sends urllib's default, as curl --data-binary does: the form
+    type application/x-www-form-urlencoded."""
+    headers = {} if ctype is None else {"Content-Type": ctype}
+    req = urllib.request.Request(URL + path, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -114,6 +116,14 @@ def test_served_mask_equals_reference(server: Path, photos) -> None:
     assert status == 200 and json.loads(data)["schema_version"] == 1
 
 
+@pytest.mark.parametrize("ctype", [None, "", "application/octet-stream"])
+def test_a_photo_without_an_image_content_type_is_read_by_its_bytes(server: Path, photos,
+                                                                      ctype) -> None:
+    status, data = _post("/v1/segment", photos[1][0], ctype)
+    assert status == 200, data
+    assert np.array_equal(_png_mask(data), _reference(server, photos[1:2])[0])
+
+
 def test_concurrent_clients_are_batched_and_correct(server: Path, photos) -> None:
     expected = _reference(server, photos)
     jobs = [i % len(photos) for i in range(48)]
@@ -139,6 +149,8 @@ def _huge_bmp() -> bytes:
 
 @pytest.mark.parametrize("body, ctype, code, message", [
     (b"hello", "text/plain", 415, "content type text/plain is not an image"),
+    (b"hello", "", 415, "the body is not a JPEG, PNG, GIF or BMP image"),
+    (b"hello", "application/x-www-form-urlencoded", 415, "content type application/x-www"),
     (b"hello, not a photo", "image/jpeg", 400, "not a readable image"),
     (b"", "image/png", 400, "empty file"),
     (None, "image/bmp", 413, "image too large"),

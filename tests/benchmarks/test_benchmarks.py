@@ -7,17 +7,23 @@ import json
 from pathlib import Path
 
 from benchmarks.measure import parity, percentile
-from benchmarks.run import main
+from benchmarks.run import RESULTS, main
 
 EXPECTED = {"eager", "eager-cl", "torchscript", "onnxruntime", "aoti", "torch.compile",
             "carseg_infer/torchscript", "carseg_infer/torchscript+onednn", "carseg_infer/aoti",
             "bindings"}
 
 
-def test_quick_run_reports_every_backend(tiny_artifacts: Path, tmp_path: Path) -> None:
-    out = tmp_path / "results"
-    assert main(["--artifacts", str(tiny_artifacts), "--quick", "--no-compile", "--iters", "3",
-                 "--out", str(out)]) == 0
+def test_quick_run_reports_every_backend(tiny_artifacts: Path, tmp_path: Path,
+                                         monkeypatch) -> None:
+    """A plain run writes under ./out/benchmarks/<device> (untracked), never into the
+    committed benchmarks/results/ (that takes --commit)."""
+    committed = {p: p.stat().st_mtime for p in RESULTS.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["--artifacts", str(tiny_artifacts), "--quick", "--no-compile", "--iters",
+                 "3"]) == 0
+    (out,) = (tmp_path / "out" / "benchmarks").iterdir()
+    assert committed == {p: p.stat().st_mtime for p in RESULTS.rglob("*") if p.is_file()}
     results = json.loads((out / "results.json").read_text())
     names = {e["backend"] for e in results["backends"]}
     assert EXPECTED <= names
@@ -39,7 +45,8 @@ def test_quick_run_reports_every_backend(tiny_artifacts: Path, tmp_path: Path) -
     assert results["peak"]["matmul_float32_tflops"] > 0
     md = (out / "results.md").read_text()
     assert "| torchscript |" in md and "Skipped:" in md
-    assert any(p.suffix == ".png" for p in out.iterdir())
+    plots = sorted(p.name for p in out.iterdir() if p.suffix == ".png")
+    assert plots and all(f"]({name})" in md for name in plots)  # the page embeds its plots
 
 
 def test_percentile_and_parity_helpers() -> None:

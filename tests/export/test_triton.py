@@ -80,3 +80,58 @@ def test_refuses_unverified_and_tampered_artifacts(tiny_artifacts: Path, tmp_pat
     assert main(["triton", "--artifacts", str(art), "--out", str(tmp_path / "r2"),
                  "--allow-unverified"]) == 2
     assert "model.torchscript.pt: sha256 does not match" in capsys.readouterr().err
+
+
+def test_the_readmes_client_snippet_follows_the_manifest(tiny_artifacts: Path, tiny_data: Path,
+                                                         tmp_path: Path, monkeypatch) -> None:
+    """The generated README's Python, run as written, with the Triton server stood in for by
+    onnxruntime on the repository's ONNX model: its mask is the reference predictor's."""
+    import re
+    import types
+
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient
+    from PIL import Image
+
+    from carseg.io.images import read_rgb
+    from carseg.runtime.reference import ReferencePredictor
+
+    repo = tmp_path / "repo"
+    assert main(["triton", "--artifacts", str(tiny_artifacts), "--out", str(repo)]) == 0
+    (snippet,) = re.findall(r"```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    session = ort.InferenceSession(str(repo / "carseg_onnx" / "1" / "model.onnx"))
+
+    class Input:
+        def __init__(self, name: str, shape: list[int], dtype: str) -> None:
+            assert name == "input" and dtype == "FP32"
+            self.shape = shape
+
+        def set_data_from_numpy(self, x: np.ndarray) -> None:
+            assert list(x.shape) == self.shape
+            self.x = x
+
+    class Client:
+        def __init__(self, url: str) -> None:
+            pass
+
+        def infer(self, model: str, inputs: list[Input], outputs: list[str]):
+            assert model == "carseg_onnx" and outputs == ["logits"]
+            y = session.run(["logits"], {"input": inputs[0].x})[0]
+            return types.SimpleNamespace(as_numpy=lambda name: y)
+
+    fake = types.ModuleType("tritonclient.grpc")
+    fake.InferenceServerClient, fake.InferInput = Client, Input
+    fake.InferRequestedOutput = lambda name: name
+    monkeypatch.setitem(__import__("sys").modules, "tritonclient.grpc", fake)
+    monkeypatch.setattr(tritonclient, "grpc", fake, raising=False)
+    photo = sorted((tiny_data / "train").glob("*.jpg"))[0]
+    shutil.copy(photo, repo / "car.jpg")
+    monkeypatch.chdir(repo)
+    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the README, as written
+    mask = np.asarray(Image.open(repo / "car_mask.png"))
+    assert set(np.unique(mask)) <= {0, 255}  # thresholded after the resize: no grey
+    want = ReferencePredictor(tiny_artifacts, backend="onnx").predict(read_rgb(photo)) > 0
+    got = mask > 0
+    assert got.shape == want.shape
+    assert (got & want).sum() / max(1, (got | want).sum()) >= 0.99

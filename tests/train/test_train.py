@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,34 @@ def test_cli_errors_are_one_line_with_exit_2(tiny_data: Path, tmp_path: Path, ca
                  str(tmp_path / "l")]) == 2
     err = capsys.readouterr().err
     assert f"{broken}: corrupt or truncated image" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_run_never_replaces_another_runs_results(tiny_data: Path, tiny_logdir: Path,
+                                                   tmp_path: Path, capsys) -> None:
+    """carseg train and catalyst-run refuse a logdir holding a run, touching nothing in it;
+    `carseg train --overwrite` replaces it, as asked."""
+    logdir = tmp_path / "logs"
+    shutil.copytree(tiny_logdir, logdir)
+    before = {p: p.stat().st_mtime_ns for p in logdir.rglob("*")}
+    args = ["train", "--data", str(tiny_data), "--logdir", str(logdir), "--epochs", "1",
+            "--image-size", "64"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{logdir}: holds a previous run (config.resolved.yml, summary.json, checkpoints" in err
+    assert "--overwrite" in err
+    path = _tiny_config_file(tmp_path, tiny_data, epochs=1)  # its run.logdir is tmp/logs
+    proc = subprocess.run([str(VENV_BIN / "catalyst-run"), "--config", str(path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "holds a previous run" in proc.stderr
+    assert before == {p: p.stat().st_mtime_ns for p in logdir.rglob("*")}, "the run was touched"
+    from conftest import tiny_run_config
+
+    from carseg.train.run import run_config
+
+    run_config(tiny_run_config(tiny_data, logdir), overwrite=True)
+    assert (logdir / "checkpoints" / "model.best.pth").stat().st_mtime_ns > \
+        before[logdir / "checkpoints" / "model.best.pth"]
 
 
 def _old_names(config_text: str) -> str:

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "carseg/error.h"  // what every function here throws
+
 namespace carseg {
 
 /// 8-bit RGB pixels, row-major HxWx3 (no padding between rows).

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "carseg/cutout.h"
+#include "carseg/error.h"  // what the Predictor throws
 #include "carseg/manifest.h"
 
 namespace carseg {

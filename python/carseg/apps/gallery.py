@@ -61,6 +61,14 @@ def _predicted(photo_path: Path, photo: np.ndarray, masks: Path | None, predicto
     return np.asarray(predictor.predict(photo)).astype(np.uint8)
 
 
+def describe_dice(rows: list[Row]) -> str:
+    """Which Dice this is: full resolution, over which photos."""
+    mean = float(np.mean([r.dice for r in rows]))
+    h, w = rows[0].truth.shape
+    return (f"Full-resolution Dice (each photo's mask at its own size, {w}x{h} for the first) "
+            f"over these {len(rows)} held-out photos: {mean:.4f}")
+
+
 def collect(csv_path: Path, masks: Path | None = None, model: Path | None = None,
             num: int = 12) -> list[Row]:
     predictor = None
@@ -118,11 +126,10 @@ def write(rows: list[Row], png: Path, html_path: Path | None = None, title: str 
                                        [cv2.IMWRITE_JPEG_QUALITY, 85])
                 imgs.append(f'<img src="data:image/jpeg;base64,{base64.b64encode(buf).decode()}">')
             cells.append(f"<tr><td>{''.join(imgs)}</td></tr>")
-        mean = float(np.mean([r.dice for r in rows]))
         page = (f"<!doctype html><meta charset=utf-8><title>carseg gallery</title>"
                 f"<style>body{{font-family:sans-serif}}img{{margin:2px}}</style>"
-                f"<h1>carseg gallery</h1><p>{html.escape(title)} Mean Dice over these "
-                f"{len(rows)} held-out photos: {mean:.4f}. Predicted masks: red = car missed, "
-                f"blue = background taken for car.</p><table>{''.join(cells)}</table>")
+                f"<h1>carseg gallery</h1><p>{html.escape(title)} {describe_dice(rows)}. "
+                f"Predicted masks: red = car missed, blue = background taken for car.</p>"
+                f"<table>{''.join(cells)}</table>")
         write_atomic(html_path, page)
     return png

@@ -9,7 +9,9 @@ HTTP API
 
 Requests are batched by Ray Serve (`@serve.batch`) up to `max_batch` within
 `batch_wait_ms`. Errors are HTTP errors with a one-line reason: 400 not an image, corrupt or
-unsupported; 413 too large; 415 not an image content type; 404/405 wrong route or method.
+unsupported; 413 too large; 415 not an image (by its content type, or by its first bytes when
+the content type is missing or generic, as curl's --data-binary sends it); 404/405 wrong route
+or method.
 A bad request never takes a replica down.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,14 +31,16 @@ import numpy as np
 from carseg.apps._ray import require_ray
 from carseg.errors import CarsegError, DataError
 from carseg.io.encode import encode_cutout, encode_mask_png, parse_background
-from carseg.io.images import ImageTooLarge, decode_rgb
+from carseg.io.images import ImageTooLarge, decode_rgb, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
 from carseg.runtime.predictor import open_predictor
 
 log = logging.getLogger(__name__)
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/x-ms-bmp", "image/gif",
-               "application/octet-stream")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/x-ms-bmp", "image/gif")
+# Content types that say nothing of the body (curl --data-binary sends the form type): the
+# body's own first bytes decide.
+GENERIC_TYPES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
 MAX_BODY_BYTES = 64 * 2 ** 20
 class Segmenter:
     """The replica: one predictor, batched prediction, HTTP handling. Used through Ray Serve;
@@ -98,9 +103,12 @@ class Segmenter:
         if method != "POST":
             return err(405, f"{path} takes POST with an image body, got {method}")
         ctype = content_type.split(";")[0].strip().lower()
-        if ctype not in IMAGE_TYPES:
-            return err(415, f"content type {ctype or '(none)'} is not an image; send "
-                            f"image/jpeg, image/png or image/bmp")
+        if ctype in GENERIC_TYPES and sniff_format(body) is None:
+            return err(415, f"the body is not a JPEG, PNG, GIF or BMP image (by its first "
+                            f"bytes), and its content type {ctype or '(none)'} says no more")
+        if ctype not in IMAGE_TYPES + GENERIC_TYPES:
+            return err(415, f"content type {ctype} is not an image; send image/jpeg, "
+                            f"image/png, image/gif or image/bmp (or no content type)")
         if len(body) > self.max_body_bytes:
             return err(413, f"body of {len(body)} bytes is over the {self.max_body_bytes} "
                             f"byte limit")
@@ -184,12 +192,25 @@ def build_app(model_dir: str | Path, backend: str = "torchscript", device: str =
     return deployment.bind(str(model_dir), backend, device, max_batch, batch_wait_ms)
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM both end `carseg serve` through KeyboardInterrupt, so that Serve and
+    Ray are shut down either way (a shell starts background jobs with SIGINT ignored, and
+    `kill` sends SIGTERM)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> None:
-    """`carseg serve`: start a local Ray, run the app, block until Ctrl-C, shut down."""
+    """`carseg serve`: start a local Ray, run the app, block until Ctrl-C or SIGTERM, shut
+    down."""
     require_ray("Ray Serve")
     import ray
     from ray import serve
 
+    _stop_on_signals()
     app = build_app(model_dir, **kwargs)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.WARNING)

@@ -19,6 +19,16 @@ from carseg.errors import DataError
 MAX_PIXELS = 80_000_000  # libcarseg's kDefaultMaxPixels: far beyond any photo, far below OOM
 
 
+# The formats carseg decodes, by their first bytes (as libcarseg sniffs them).
+SIGNATURES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"),
+              (b"GIF8", "image/gif"), (b"BM", "image/bmp"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The media type the bytes say they are (JPEG, PNG, GIF or BMP), or None."""
+    return next((kind for sig, kind in SIGNATURES if data.startswith(sig)), None)
+
+
 class ImageTooLarge(DataError):
     """An image past MAX_PIXELS (a server answers 413 to it)."""
 

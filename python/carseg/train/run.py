@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,26 @@ def prepare_config(config_paths: Sequence[str | Path], *, logdir: str | Path | N
     return cfg.resolve(config)
 
 
+# What a run leaves in its logdir: a folder holding any of these holds a run.
+RUN_FILES = ("config.resolved.yml", "summary.json", "checkpoints", "csv_logger", "tensorboard")
+
+
+def claim_logdir(logdir: str | Path, overwrite: bool = False) -> Path:
+    """A run never destroys another run's results: refuse a logdir that holds a run, unless
+    `overwrite` (then that run is deleted first, as asked)."""
+    logdir = Path(logdir)
+    previous = [n for n in RUN_FILES if (logdir / n).exists()]
+    if previous and not overwrite:
+        raise ConfigError(
+            f"{logdir}: holds a previous run ({', '.join(previous)}); a run never replaces "
+            f"another's results: train into a new folder (`carseg train --logdir NEW`, or "
+            f"run.logdir in the config), or replace it with `carseg train --overwrite`")
+    if previous:
+        log.info("%s: --overwrite: deleting the previous run", logdir)
+        shutil.rmtree(logdir)
+    return logdir
+
+
 def _original(e: BaseException) -> BaseException:
     seen = e
     while seen is not None:
@@ -36,11 +57,13 @@ def _original(e: BaseException) -> BaseException:
     return ConfigError(f"config: {root.__class__.__name__}: {root}".splitlines()[0])
 
 
-def run_config(config: dict[str, Any]) -> Path:
-    """Build everything the config names and train; returns the logdir."""
+def run_config(config: dict[str, Any], overwrite: bool = False) -> Path:
+    """Build everything the config names and train; returns the logdir. A logdir that holds
+    a run is refused (ConfigError) unless `overwrite`."""
     from catalyst.contrib.scripts.run import run_from_params
     from catalyst.registry import REGISTRY
 
+    claim_logdir(cfg.train_step(config)["logdir"], overwrite)
     cfg.set_active(config)
     # hydra-slayer's Registry keeps `_var_` objects between calls: a second run in the same
     # process would see the first run's `model` and refuse the config. Start each run clean.
@@ -58,8 +81,9 @@ def run_config(config: dict[str, Any]) -> Path:
     return Path(cfg.train_step(config)["logdir"])
 
 
-def train(config_paths: Sequence[str | Path], **overrides: Any) -> Path:
+def train(config_paths: Sequence[str | Path], overwrite: bool = False, **overrides: Any
+          ) -> Path:
     config = prepare_config(config_paths, **overrides)
-    logdir = run_config(config)
+    logdir = run_config(config, overwrite=overwrite)
     log.info("logdir: %s", logdir)
     return logdir

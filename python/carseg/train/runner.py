@@ -3,7 +3,8 @@
 On top of Catalyst's SupervisedRunner it
 - writes the fully resolved config into the logdir (config.resolved.yml), so that export can
   rebuild the exact model without the original files;
-- writes summary.json with the best epoch's valid dice, iou and loss;
+- writes summary.json with the best epoch's valid dice, iou and loss, and the image size they
+  were measured at (the model's input, not the photos');
 - uses carseg's CheckpointCallback, whose model.best.pth really is the best epoch.
 """
 
@@ -22,6 +23,7 @@ from catalyst.runners import SupervisedRunner
 from carseg.io.files import write_atomic
 from carseg.train import config as cfg
 from carseg.train.callbacks import CheckpointCallback
+from carseg.train.run import claim_logdir
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class SegmentationRunner(SupervisedRunner):
         self._carseg_config = cfg.active()
         if self._carseg_config is not None:
             cfg.validate(self._carseg_config)
+            # catalyst-run comes here without `carseg train`'s check: refuse, before Catalyst
+            # touches the logdir, one that holds another run (claim_logdir; a no-op after
+            # `carseg train`, which checked or cleared it).
+            claim_logdir(cfg.train_step(self._carseg_config)["logdir"])
         self._carseg_best: dict[str, Any] | None = None
         self._carseg_t0 = 0.0
 
@@ -95,5 +101,8 @@ class SegmentationRunner(SupervisedRunner):
             "train_seconds": round(time.monotonic() - self._carseg_t0, 1),
             "checkpoint": str(Path(self._logdir) / "checkpoints" / "model.best.pth"),
         }
+        shared = (self._carseg_config or {}).get("shared") or {}
+        if "image_size" in shared:  # the valid metrics are at this size, not the photos'
+            summary["image_size"] = int(shared["image_size"])
         path = Path(self._logdir) / SUMMARY_NAME
         write_atomic(path, json.dumps(summary, indent=2) + "\n")
