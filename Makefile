@@ -13,11 +13,14 @@ CPP_SOURCES := $(shell find cpp cmake -type f -not -name "*.pyc" 2>/dev/null) CM
 DATA ?=
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-py test-cpp demo clean help
+.PHONY: setup test test-py test-cpp demo clean help gpu-check gpu-rehearsal torch211
 help:
 	@echo "make demo   synthetic data -> train -> export -> C++ inference -> benchmark"
 	@echo "make test   every test (pytest + ctest)"
 	@echo "make setup  only the set-up (venv, packages, build)"
+	@echo "make gpu-check      on a GPU machine: build, train, export, test and time on CUDA"
+	@echo "make gpu-rehearsal  the same check on this CPU, through every step a CPU can take"
+	@echo "make torch211       build and test against the GPU image's Python 3.12 + torch 2.11"
 
 setup: $(VENV)/.installed
 
@@ -64,6 +67,17 @@ test-cpp: setup
 demo: setup
 	@$(PY) python/demo.py $(if $(DATA),--data $(DATA),)
 	$(TOOLS_HINT)
+
+# The GPU check (benchmarks/gpu/check.sh): on the GPU image it installs what it needs from
+# .whl/ and .debs/ (../shared/device/fetch-wheels.sh); results in out/gpu-check/.
+gpu-check:
+	bash benchmarks/gpu/check.sh
+
+gpu-rehearsal: setup
+	DEVICE=cpu PY=$(PY) SKIP_BUILD=1 BUILD=$(BUILD) QUICK=1 bash benchmarks/gpu/check.sh
+
+torch211:
+	bash benchmarks/gpu/torch211.sh
 
 clean:
 	rm -rf build demo

@@ -19,12 +19,15 @@ import torch
 from carseg.train.transforms import build_transforms
 
 
-def run(artifacts: Path, photos: list[Path], out: Path) -> dict[str, float]:
+def run(artifacts: Path, photos: list[Path], out: Path, device: str = "cpu"
+        ) -> dict[str, float]:
+    """The seed's loop over `photos`; on `device` "cuda" the model (only) runs on the GPU, as
+    the tutorial's `.cuda()` did."""
     manifest = json.loads((artifacts / "manifest.json").read_text())
     size = manifest["preprocessing"]["size"]
     threshold = manifest["output"]["threshold"]
     model = torch.jit.load(str(artifacts / manifest["artifacts"]["torchscript"]["file"]),
-                           map_location="cpu")
+                           map_location=device)
     transforms = build_transforms("infer", size, tuple(manifest["preprocessing"]["mean"]),
                                   tuple(manifest["preprocessing"]["std"]))
     out.mkdir(parents=True, exist_ok=True)
@@ -33,9 +36,9 @@ def run(artifacts: Path, photos: list[Path], out: Path) -> dict[str, float]:
         bgr = cv2.imread(str(path))
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         h, w = rgb.shape[:2]
-        x = transforms(image=rgb)["image"].unsqueeze(0)
+        x = transforms(image=rgb)["image"].unsqueeze(0).to(device)
         with torch.inference_mode():
-            prob = torch.sigmoid(model(x))[0, 0].numpy()
+            prob = torch.sigmoid(model(x))[0, 0].cpu().numpy()
         scale = size / max(h, w)
         nh, nw = round(h * scale), round(w * scale)
         prob = cv2.resize(prob[:nh, :nw], (w, h), interpolation=cv2.INTER_LINEAR)

@@ -176,11 +176,13 @@ def _verify_options(p: argparse.ArgumentParser, dir_arg: bool) -> None:
                    help="batch sizes to check, comma-separated (default: 1,4)")
     p.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--atol", type=float, default=None,
-                   help="fp32: max |diff| of logits allowed (default: 1e-4)")
+                   help="fp32: max |diff| of logits allowed, per unit of the case's logit "
+                        "scale max(1, max |logit|) (default: 1e-4)")
     p.add_argument("--min-iou", type=float, default=None,
                    help="fp32: lowest mask IoU allowed (default: 0.999)")
     p.add_argument("--fp16-atol", type=float, default=None,
-                   help="fp16: max |diff| of logits allowed (default: not checked)")
+                   help="fp16: max |diff| of logits allowed, per unit of the logit scale "
+                        "(default: not checked)")
     p.add_argument("--fp16-min-iou", type=float, default=None,
                    help="fp16: lowest mask IoU allowed (default: 0.995)")
     p.add_argument("--no-record", action="store_true",

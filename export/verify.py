@@ -43,13 +43,28 @@ DEFAULT_BATCHES = (1, 4)
 MAX_IMAGES = 4
 
 
+# fp32 arithmetic in another order differs by rounding relative to the size of what is summed:
+# a trained model's logits reach hundreds (seen: 400 on random inputs after 2 epochs at 256 px,
+# where the artifacts were 8.5e-4 apart, 2e-6 of the scale). So each case's max |diff| is
+# compared with the tolerance times that case's logit scale, max(1, max |logit|).
+SCALE = "max(1, max |eager logit|) of the case"
+
+
 @dataclass(frozen=True)
 class Tolerance:
-    max_abs_diff: float | None  # None: not checked (fp16: logits move, masks must not)
+    max_abs_diff: float | None  # per unit of SCALE; None: not checked (fp16: masks must hold)
     mask_iou: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_abs_diff": self.max_abs_diff, "mask_iou": self.mask_iou}
+        return {"max_abs_diff": self.max_abs_diff, "max_abs_diff_relative_to": SCALE,
+                "mask_iou": self.mask_iou}
+
+
+def diffs_within(cases: list[dict[str, Any]], tolerance: Tolerance) -> bool:
+    """Whether every case's max |diff| is within the tolerance times its logit scale."""
+    if tolerance.max_abs_diff is None:
+        return True
+    return all(c["max_abs_diff"] <= tolerance.max_abs_diff * c["logit_scale"] for c in cases)
 
 
 DEFAULT_TOLERANCES = {"fp32": Tolerance(1e-4, 0.999), "fp16": Tolerance(None, 0.995)}
@@ -184,9 +199,10 @@ def check_artifact(folder: Path, name: str, entry: dict[str, Any], manifest: Man
                          "error": f"expected logits {list(c.ref.shape)}, got {list(y.shape)}"})
             continue
         diff = (y - c.ref).abs().max().item()
+        scale = max(1.0, c.ref.abs().max().item())
         iou = _iou(y > logit_thr, c.ref > logit_thr)
         rows.append({"input": c.label, "batch": c.batch, "hw": list(c.hw),
-                     "max_abs_diff": diff, "mask_iou": iou})
+                     "max_abs_diff": diff, "logit_scale": scale, "mask_iou": iou})
     ok_rows = [r for r in rows if r.get("error") is None]
     max_diff = max((r["max_abs_diff"] for r in ok_rows), default=None)
     if any(math.isnan(r["max_abs_diff"]) for r in ok_rows):
@@ -195,7 +211,7 @@ def check_artifact(folder: Path, name: str, entry: dict[str, Any], manifest: Man
     errors = [r for r in rows if r.get("error")]
     passed = bool(ok_rows) and not errors and min_iou is not None and \
         min_iou >= tolerance.mask_iou and max_diff is not None and not math.isnan(max_diff) \
-        and (tolerance.max_abs_diff is None or max_diff <= tolerance.max_abs_diff)
+        and diffs_within(ok_rows, tolerance)
     if errors:
         result["error"] = f"{len(errors)} case(s) failed to run: {errors[0]['error']}"
     parity = {"passed": passed,
@@ -272,8 +288,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["artifacts"]:
         p = r.get("parity") or {}
         tol = p.get("tolerance") or {}
-        tol_s = (f"diff<={tol['max_abs_diff']:.0e}, " if tol.get("max_abs_diff") is not None
-                 else "") + (f"IoU>={tol['mask_iou']}" if tol else "")
+        tol_s = (f"diff<={tol['max_abs_diff']:.0e}*scale, " if tol.get("max_abs_diff")
+                 is not None else "") + (f"IoU>={tol['mask_iou']}" if tol else "")
         diff = r.get("max_abs_diff")
         iou = r.get("mask_iou")
         rows.append((r["artifact"], r["precision"],

@@ -11,15 +11,15 @@
 
 namespace carseg {
 
-LatencyStats time_forward(const Predictor& predictor, int batch, int size, int iters, int warmup,
-                          bool cuda_graphs) {
-  if (batch < 1 || size < 1 || iters < 1 || warmup < 0) {
-    throw OptionError("bench", "expected batch, size and iters >= 1 and warmup >= 0");
+LatencyStats time_forward(const Predictor& predictor, int batch, int height, int width, int iters,
+                          int warmup, bool cuda_graphs) {
+  if (batch < 1 || height < 1 || width < 1 || iters < 1 || warmup < 0) {
+    throw OptionError("bench", "expected batch, height, width and iters >= 1 and warmup >= 0");
   }
   torch::Tensor x;
   {
     c10::InferenceMode guard;
-    x = torch::randn({batch, 3, size, size}, torch::TensorOptions().device(predictor.device()));
+    x = torch::randn({batch, 3, height, width}, torch::TensorOptions().device(predictor.device()));
   }
   for (int i = 0; i < warmup; ++i) (void)predictor.forward(x, cuda_graphs);
   std::vector<double> ms;

@@ -150,6 +150,34 @@ TEST(Pipeline, UnwritableOutputAndBadOptionsAreErrors) {
   }
 }
 
+// On a GPU: the folder run in fp16 with CUDA graphs gives the CPU's masks (to fp16's IoU), and
+// batches of photos of different sizes reuse one graph per batch shape.
+TEST(PipelineCuda, FolderRunOnTheGpuMatchesTheCpu) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  TempDir dir;
+  const fs::path in = make_photos(dir);
+  const std::vector<fs::path> photos = carseg::collect_photos({in});
+  const carseg::Predictor cpu(fixtures() / "model");
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  o.precision = carseg::Precision::kFp16;
+  const carseg::Predictor gpu(fixtures() / "model", o);
+  carseg::PipelineOptions opt;
+  opt.batch = 2;
+  const auto a = carseg::Pipeline(cpu, opt).run(photos, dir / "cpu");
+  const auto b = carseg::Pipeline(gpu, opt).run(photos, dir / "gpu");
+  ASSERT_EQ(a.succeeded(), b.succeeded());
+  for (std::size_t i = 0; i < photos.size(); ++i) {
+    if (!a.results[i].ok) continue;
+    carseg::Image ma = carseg::read_image(a.results[i].mask);
+    carseg::Image mb = carseg::read_image(b.results[i].mask);
+    EXPECT_GE(carseg::test::iou(as_tensor(ma), as_tensor(mb)), 0.98) << photos[i];
+  }
+  const auto graphs = gpu.captured_batch_sizes();
+  EXPECT_FALSE(graphs.empty());
+}
+
 // A producer blocked on a full queue wakes when the consumer gives up, and its item is dropped.
 TEST(PipelineQueue, CloseWakesABlockedProducer) {
   carseg::detail::BoundedQueue<int> q(1);

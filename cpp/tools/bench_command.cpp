@@ -17,7 +17,8 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
   --device D           cpu (default), cuda or cuda:N
   --precision P        fp32 (default) or fp16 (CUDA only)
   --batch LIST         batch sizes, comma-separated (default 1,8,32)
-  --size N             square input size, a multiple of 32 (default: the model's own)
+  --size N|HxW         input size, multiples of 32: N for N x N, or e.g. 1280x1920
+                       (default: the model's own square)
   --iters N            timed iterations per batch size (default 50)
   --warmup N           untimed iterations first (default 5)
   --no-graphs          CUDA: only eager (default: report with and without CUDA graphs)
@@ -39,7 +40,7 @@ int cmd_bench(int argc, char** argv) {
   Args args(argc, argv);
   Common common;
   std::vector<int> batches = {1, 8, 32};
-  int iters = 50, warmup = 5, size = 0;
+  int iters = 50, warmup = 5, height = 0, width = 0;
   std::optional<fs::path> json_path, input;
   const bool run = parse_flags(args, common, "bench", kBenchHelp, [&](const std::string& flag) {
     if (flag == "--batch") {
@@ -59,9 +60,15 @@ int cmd_bench(int argc, char** argv) {
       input = fs::path(args.value(flag));
     } else if (flag == "--optimize") {
       common.options.optimize_for_inference = true;
-    } else if (flag == "--size") {
-      size = static_cast<int>(args.integer(flag, 32, 8192));
-      if (size % 32 != 0) throw UsageError("--size: expected a multiple of 32, got " + std::to_string(size));
+    } else if (flag == "--size") {  // N (square) or HxW, multiples of 32
+      const std::string v = args.value(flag);
+      const auto x = v.find('x');
+      height = static_cast<int>(Args::parse_int(flag, v.substr(0, x), 32, 8192));
+      width = x == std::string::npos ? height
+                                     : static_cast<int>(Args::parse_int(flag, v.substr(x + 1), 32, 8192));
+      if (height % 32 != 0 || width % 32 != 0) {
+        throw UsageError("--size: expected multiples of 32 (N or HxW), got " + v);
+      }
     } else {
       return false;
     }
@@ -71,20 +78,21 @@ int cmd_bench(int argc, char** argv) {
   const carseg::Predictor predictor = common.load("bench");
   // The model's own size by default; --size times the (spatially dynamic) model at another,
   // to compare with other backends at one resolution.
-  const int s = size > 0 ? size : predictor.input_size();
+  const int h = height > 0 ? height : predictor.input_size();
+  const int w = width > 0 ? width : predictor.input_size();
   const bool cuda = predictor.device().is_cuda();
   std::vector<bool> graph_modes = {false};
   if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};
 
   std::cout << "carseg_infer bench: backend " << predictor.backend_name() << ", device "
             << predictor.device().str() << ", " << carseg::to_string(common.options.precision)
-            << ", input " << s << "x" << s << ", " << at::get_num_threads() << " threads, " << iters
+            << ", input " << h << "x" << w << ", " << at::get_num_threads() << " threads, " << iters
             << " iterations after " << warmup << " warm-up\n"
             << "batch  graphs   p50 ms    p90 ms    p99 ms     img/s\n";
   json rows = json::array();
   for (const int n : batches) {
     for (const bool graphs : graph_modes) {
-      const carseg::LatencyStats st = carseg::time_forward(predictor, n, s, iters, warmup, graphs);
+      const carseg::LatencyStats st = carseg::time_forward(predictor, n, h, w, iters, warmup, graphs);
       std::cout << std::setw(5) << n << "  " << std::setw(6) << (graphs ? "yes" : "no") << std::fixed
                 << std::setprecision(3) << std::setw(9) << st.p50 << " " << std::setw(9) << st.p90
                 << " " << std::setw(9) << st.p99 << " " << std::setprecision(1) << std::setw(9)
@@ -95,7 +103,9 @@ int cmd_bench(int argc, char** argv) {
     }
   }
   json j = common.describe(predictor);
-  j.update({{"command", "bench"}, {"threads", at::get_num_threads()}, {"input_size", s},
+  const json size = h == w ? json(h) : json(std::to_string(h) + "x" + std::to_string(w));
+  j.update({{"command", "bench"}, {"threads", at::get_num_threads()}, {"input_size", size},
+            {"input_height", h}, {"input_width", w},
             {"optimize_for_inference", common.options.optimize_for_inference},
             {"exact", common.options.exact},
             {"onednn_fusion", common.options.onednn_fusion && !cuda &&

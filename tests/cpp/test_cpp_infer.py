@@ -17,6 +17,12 @@ BUILD_FIXTURES = REPO / "build" / "py" / "cpp" / "tests" / "fixtures"
 
 
 INFER = carseg_infer()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     INFER is None, reason="carseg_infer is not built (pip install -e .)")]
 
@@ -119,6 +125,33 @@ def test_cuda_without_device_exit_2(fixtures: Path, photos: Path, tmp_path: Path
             "--device", "cuda")
     assert r.returncode == 2
     assert "CUDA requested but not available" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+def test_cuda_fp16_folder_run_matches_the_cpu(fixtures: Path, photos: Path,
+                                              tmp_path: Path) -> None:
+    """On a GPU: fp16, channels_last and CUDA graphs give the CPU's masks (to fp16's IoU); the
+    report says where it ran."""
+    from PIL import Image
+
+    for device, precision in (("cpu", "fp32"), ("cuda", "fp16")):
+        r = run("infer", "--model", fixtures / "model", "--input", photos, "--output",
+                tmp_path / device, "--device", device, "--precision", precision, "--report",
+                tmp_path / f"{device}.json")
+        assert r.returncode == 0, r.stderr
+    rep = json.loads((tmp_path / "cuda.json").read_text())
+    assert rep["device"].startswith("cuda") and rep["precision"] == "fp16"
+    for p in photos.iterdir():
+        a = np.asarray(Image.open(tmp_path / "cpu" / f"{p.stem}_mask.png")) > 0
+        b = np.asarray(Image.open(tmp_path / "cuda" / f"{p.stem}_mask.png")) > 0
+        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.98, p.name
+    r = run("bench", "--model", fixtures / "model", "--device", "cuda", "--precision", "fp16",
+            "--batch", "1,4", "--iters", "5", "--json", tmp_path / "bench.json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert {(x["batch"], x["cuda_graphs"]) for x in rows} == {(1, True), (1, False), (4, True),
+                                                             (4, False)}
 
 
 def test_bench_json(fixtures: Path, photos: Path, tmp_path: Path) -> None:

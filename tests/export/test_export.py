@@ -21,6 +21,7 @@ from helpers import (
 
 from export.cli import main
 from export.manifest import load_manifest, sha256_file
+from export.verify import SCALE
 
 
 # ---- the manifest describes the files ----------------------------------------------------------
@@ -108,6 +109,8 @@ def test_verify_passes_and_records_parity(tiny_artifacts: Path, tmp_path: Path, 
         assert {tuple(c["hw"]) for c in cases if c["input"] == "images"} == {(64, 64), (96, 96)}
         # the recorded numbers are the ones measured, not just a flag
         assert parity["max_abs_diff"] == max(c["max_abs_diff"] for c in cases) > 0
+        assert all(c["max_abs_diff"] <= 1e-4 * c["logit_scale"] and c["logit_scale"] >= 1
+                   for c in cases)
     # verify rewrites only parity: hashes stay those of the files
     assert sha256_file(folder / "model.onnx") == m.artifacts["onnx"]["sha256"]
 
@@ -171,7 +174,8 @@ def test_fp16_torchscript_takes_half_and_keeps_masks(tmp_path_factory, tiny_logd
     assert main(["verify", str(folder), "--batches", "1,4"]) == 0
     parity = load_manifest(folder).artifacts["torchscript"]["parity"]
     assert parity["passed"] and parity["mask_iou"] >= 0.995
-    assert parity["tolerance"] == {"max_abs_diff": None, "mask_iou": 0.995}
+    assert parity["tolerance"] == {"max_abs_diff": None, "mask_iou": 0.995,
+                                   "max_abs_diff_relative_to": SCALE}
     assert parity["max_abs_diff"] > 1e-4  # really fp16: its logits differ from fp32's
 
 
@@ -201,3 +205,32 @@ def test_aoti_reference_predictor(tiny_artifacts_all: Path, tiny_artifacts: Path
     ts = ReferencePredictor(tiny_artifacts, backend="torchscript").predict_logits(photo)
     assert aoti.shape == photo.shape[:2] and aoti.dtype == np.float32
     assert np.abs(aoti - ts).max() <= 2e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fp16_export_on_the_gpu_verifies(tiny_logdir: Path, tmp_path: Path) -> None:
+    """On a GPU: TorchScript and ONNX exported in fp16 for CUDA pass verify's fp16 tolerance
+    (mask IoU >= 0.995) against eager fp32."""
+    out = tmp_path / "fp16"
+    assert main(["all", "--logdir", str(tiny_logdir), "--out", str(out), "--formats",
+                 "torchscript,onnx", "--device", "cuda", "--precision", "fp16"]) == 0
+    m = load_manifest(out)
+    for name in ("torchscript", "onnx"):
+        a = m.artifacts[name]
+        assert a["precision"] == "fp16" and a["device"] == "cuda" and a["parity"]["passed"]
+
+
+def test_fp32_tolerance_scales_with_the_logits() -> None:
+    """Found rehearsing the GPU check: a model trained 2 epochs at 256 px has logits up to 400,
+    and its fp32 artifacts were 8.5e-4 apart from eager (2e-6 of that scale): a pass. The
+    same difference on logits of scale 1 is a failure."""
+    from export.verify import DEFAULT_TOLERANCES, diffs_within
+
+    fp32, fp16 = DEFAULT_TOLERANCES["fp32"], DEFAULT_TOLERANCES["fp16"]
+    assert diffs_within([{"max_abs_diff": 8.5e-4, "logit_scale": 398.5}], fp32)
+    assert not diffs_within([{"max_abs_diff": 8.5e-4, "logit_scale": 1.0}], fp32)
+    assert not diffs_within([{"max_abs_diff": 1e-5, "logit_scale": 1.0},
+                             {"max_abs_diff": 2e-3, "logit_scale": 10.0}], fp32)
+    assert diffs_within([{"max_abs_diff": 5.0, "logit_scale": 1.0}], fp16)  # fp16: masks only

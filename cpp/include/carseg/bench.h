@@ -11,10 +11,10 @@ struct LatencyStats {
   double images_per_second = 0;  // batch / mean
 };
 
-/// Times `predictor.forward` on a random float [batch, 3, size, size] batch on the predictor's
-/// device: `warmup` untimed calls, then `iters` timed ones, each complete (synchronized) when it
-/// returns. `cuda_graphs` lets CUDA replay a captured graph.
-[[nodiscard]] LatencyStats time_forward(const Predictor& predictor, int batch, int size, int iters,
-                                        int warmup, bool cuda_graphs);
+/// Times `predictor.forward` on a random float [batch, 3, height, width] batch on the
+/// predictor's device: `warmup` untimed calls, then `iters` timed ones, each complete
+/// (synchronized) when it returns. `cuda_graphs` lets CUDA replay a captured graph.
+[[nodiscard]] LatencyStats time_forward(const Predictor& predictor, int batch, int height,
+                                        int width, int iters, int warmup, bool cuda_graphs);
 
 }  // namespace carseg

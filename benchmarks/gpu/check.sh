@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The GPU check (issue 13) in one command: set up on the GPU image, build carseg against its
+# torch, make a small data set, train 2 epochs on the GPU (fp16 engine), export fp32 and fp16
+# artifacts (TorchScript, ONNX, AOTInductor in a child process), verify them on the GPU, run
+# the CUDA ctest and `pytest -m gpu` cases, time carseg_infer and every Python backend on CUDA,
+# and run folders of full-size JPEGs end to end. Budget: 8 minutes on an H100.
+#
+# On the device machine, with .whl/ and .debs/ from `bash ../shared/device/fetch-wheels.sh`
+# carried (the tool's `run`, carry [".whl", ".debs"]):
+#     bash benchmarks/gpu/check.sh                  # results: at most 8 files in $OUT
+# Rehearsal on a CPU machine, through every step a CPU can take (`make gpu-rehearsal`):
+#     DEVICE=cpu PY=.venv/bin/python bash benchmarks/gpu/check.sh
+#
+# Every step is timed and its exit status kept (steps.tsv); a failed step does not stop the
+# ones that do not need it. Files in $OUT: log.txt (everything), steps.tsv, summary.md (the
+# targets, measured), bench_cpp.json, bench_py.json (python -m benchmarks), e2e.json,
+# details.tar.gz (the rest).
+set -uo pipefail
+
+DEVICE=${DEVICE:-cuda}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:-$ROOT/out/gpu-check}
+WORK=${WORK:-/tmp/carseg-gpu-check}
+PY=${PY:-python3}
+QUICK=${QUICK:-0}  # 1: fewer iterations (a rehearsal's timings mean nothing anyway)
+rm -rf "$WORK"  # a scratch folder: each check starts from nothing
+mkdir -p "$OUT" "$WORK"
+LOG=$OUT/log.txt
+STEPS=$OUT/steps.tsv
+: > "$LOG"
+printf 'step\trc\tseconds\n' > "$STEPS"
+cd "$ROOT" || exit 2
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+START=$(now)
+# Seconds after which the remaining optional steps are skipped, so that the summary is still
+# written inside the device's time limit (the tool returns $OUT even when a command overruns,
+# but a summary needs the script to end). The steps run most important first.
+BUDGET=${BUDGET:-$([ "$DEVICE" = cuda ] && echo 430 || echo 100000)}
+# step NAME CMD...: runs CMD (a function or a program), logs its output, records rc and time.
+step() {
+  local name=$1 t0 rc
+  shift
+  if [ "${OPTIONAL:-0}" = 1 ] && awk -v e="$(elapsed "$START")" -v b="$BUDGET" \
+      'BEGIN { exit !(e > b) }'; then
+    printf '%s\tskipped\t0\n' "$name" >> "$STEPS"
+    echo "=== $name: skipped, the budget of ${BUDGET} s is spent" | tee -a "$LOG"
+    return 0
+  fi
+  t0=$(now)
+  echo "=== $name" | tee -a "$LOG"
+  "$@" >> "$LOG" 2>&1
+  rc=$?
+  printf '%s\t%s\t%.1f\n' "$name" "$rc" "$(elapsed "$t0")" >> "$STEPS"
+  echo "=== $name: exit $rc" | tee -a "$LOG"
+  return $rc
+}
+
+# ---------------------------------------------------------------------------- set-up
+# The GPU image has torch (2.11, CUDA 13), pybind11, cmake, ninja, onnx, onnxruntime; the
+# rest travels as wheels (Python 3.12) and Debian packages, unpacked out of the way.
+if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
+  step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -d .debs ] && ls .debs/*.deb > /dev/null 2>&1; then
+  mkdir -p /tmp/sysroot
+  for f in .debs/*.deb; do dpkg -x "$f" /tmp/sysroot; done
+  export CMAKE_PREFIX_PATH=/tmp/sysroot/usr CPATH=/tmp/sysroot/usr/include
+  export LIBRARY_PATH=/tmp/sysroot/usr/lib/x86_64-linux-gnu
+  export LD_LIBRARY_PATH=/tmp/sysroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+export PYTHONUNBUFFERED=1
+step environment "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__,
+  'cuda', torch.version.cuda, 'available', torch.cuda.is_available());
+print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
+if [ "$DEVICE" = cuda ]; then nvidia-smi >> "$LOG" 2>&1; fi
+
+# carseg against this torch: the C++ core, carseg_infer, the bindings and the GoogleTests.
+build() {
+  "$PY" -m pip install --no-build-isolation --no-deps -e . \
+    --config-settings=build-dir=build/gpu-check \
+    --config-settings=cmake.define.CARSEG_BUILD_TESTS=ON
+}
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  step build build || { echo "build failed: nothing else can run" | tee -a "$LOG"; exit 1; }
+  BUILD=build/gpu-check
+else
+  BUILD=${BUILD:-build/py}
+fi
+BIN=$(dirname "$(command -v "$PY")")
+INFER=$(command -v carseg_infer || echo "$BIN/carseg_infer")
+[ -x "$INFER" ] || INFER=$BUILD/cpp/carseg_infer
+CARSEG=("$PY" -m carseg)
+
+# ---------------------------------------------------------------------------- train, export
+# On CUDA 128 photos and 4 epochs (seconds there): a model good enough that fp16-against-fp32
+# mask IoU measures fp16, not a half-trained model's coin flips; on the CPU 64 and 2.
+NUM=128; EPOCHS=4
+[ "$DEVICE" = cpu ] && NUM=64 && EPOCHS=2
+step data bash -c "${CARSEG[*]} synth --out $WORK/data --num $NUM --size 320x480 --seed 3 &&
+  ${CARSEG[*]} prepare --datapath $WORK/data"
+# 256 px; on CUDA the config's auto_engine picks GPUEngine(mixed_precision=fp16).
+step train "${CARSEG[@]}" train --data "$WORK/data" --logdir "$WORK/logs" --epochs "$EPOCHS" \
+  --image-size 256
+step export_fp32 "$PY" -m export all --logdir "$WORK/logs" --out "$WORK/art32" --device "$DEVICE"
+if [ "$DEVICE" = cuda ]; then
+  step export_fp16 "$PY" -m export all --logdir "$WORK/logs" --out "$WORK/art16" \
+    --device cuda --precision fp16
+  ART16=$WORK/art16
+else
+  echo "=== export_fp16: skipped on the CPU (fp16 artifacts are for CUDA)" | tee -a "$LOG"
+  ART16=
+fi
+
+# ---------------------------------------------------------------------------- speed
+ITERS=200; WARMUP=20; BATCHES=1,64,256
+[ "$QUICK" = 1 ] && ITERS=10 && WARMUP=2
+[ "$DEVICE" = cpu ] && BATCHES=1,4  # the rehearsal: every code path, none of the sizes
+if [ -n "$ART16" ]; then
+  CPP_ART=$ART16; CPP_PREC=fp16
+else
+  CPP_ART=$WORK/art32; CPP_PREC=fp32
+fi
+bench_cpp() {
+  "$INFER" bench --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" --size 256 \
+    --batch "$BATCHES" --iters "$ITERS" --warmup "$WARMUP" --json "$WORK/bench_256.json" &&
+  "$INFER" bench --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" --size 1280x1920 \
+    --batch 1 --iters "$((ITERS / 4 + 3))" --warmup 2 --json "$WORK/bench_1280x1920.json" &&
+  "$INFER" bench --model "$WORK/art32" --device "$DEVICE" --size 256 --batch 1 \
+    --iters "$ITERS" --warmup "$WARMUP" --json "$WORK/bench_256_fp32.json" &&
+  "$PY" -c "import json, sys; json.dump({k: json.load(open(f'$WORK/bench_{k}.json'))
+    for k in ('256', '1280x1920', '256_fp32')}, open('$OUT/bench_cpp.json', 'w'), indent=1)"
+}
+step bench_cpp bench_cpp
+
+# End to end: full-size JPEGs to a mask PNG and a white JPEG cutout each, and the seed
+# tutorial's way on the same photos. Cold start: process start to the first mask written.
+# 32 photos drawn (about 15 s), each linked under COPIES names: enough images for a steady
+# rate at hundreds a second, every one decoded, inferred, encoded and written.
+COPIES=16; [ "$QUICK" = 1 ] && COPIES=1
+e2e_photos() {
+  "${CARSEG[@]}" synth --out "$WORK/e2e" --num 32 --size 1280x1918 --seed 5 || return 1
+  mkdir -p "$WORK/e2e_in"
+  for i in $(seq "$COPIES"); do
+    for f in "$WORK"/e2e/train/*.jpg; do ln -f "$f" "$WORK/e2e_in/${i}_$(basename "$f")"; done
+  done
+}
+step e2e_photos e2e_photos
+e2e() {
+  local photos=$WORK/e2e_in one=$WORK/one
+  mkdir -p "$one" && cp "$(ls "$photos"/*.jpg | head -1)" "$one/"
+  local t0 cold
+  t0=$(now)
+  "$INFER" infer --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" --input "$one" \
+    --output "$WORK/cold" --batch 1 || return 1
+  cold=$(elapsed "$t0")
+  "$INFER" infer --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" \
+    --input "$photos" --output "$WORK/e2e_out" --batch 16 --workers 6 \
+    --report "$WORK/e2e_report.json" || return 1
+  "$PY" - "$WORK" "$photos" "$cold" "$OUT/e2e.json" "$DEVICE" <<'PY'
+import json, sys, time
+from pathlib import Path
+
+work, photos, cold, out, device = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), \
+    sys.argv[4], sys.argv[5]
+rep = json.loads((work / "e2e_report.json").read_text())
+from benchmarks import seed_script  # the seed tutorial's way: cv2, albumentations, eager torch
+
+files = sorted(photos.glob("*.jpg"))[:64]  # the seed's way is slow: 64 photos tell its rate
+seed = seed_script.run(work / "art32", files, work / "seed_out", device=device)
+json.dump({"images": rep["succeeded"], "carseg_infer_images_per_s": rep["images_per_second"],
+           "seed_script": seed, "cold_start_s": cold, "device": device,
+           "photo_size": "1918x1280"}, open(out, "w"), indent=1)
+print(open(out).read())
+PY
+}
+step e2e e2e
+
+# The same model through every Python backend, the anchors among them (eager fp32,
+# torch.compile + CUDA graphs fp16), in this run.
+OPTIONAL=1 step bench_py "$PY" -m benchmarks --artifacts "$WORK/art32" --device "$DEVICE" \
+  --sizes 256 --batches "$BATCHES" --iters "$ITERS" --out "$WORK/bench_py"
+cp "$WORK/bench_py/results.json" "$OUT/bench_py.json" 2>/dev/null
+
+# ---------------------------------------------------------------------------- tests
+# ctest of the CMake that configured the build (pip's, beside the Python), not an older one
+CTEST=$BIN/ctest; [ -x "$CTEST" ] || CTEST=ctest
+OPTIONAL=1 step ctest "$CTEST" --test-dir "$BUILD" --output-on-failure -j4 -R "Cuda|Pipeline|Predictor"
+OPTIONAL=1 step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu -x tests
+
+# ---------------------------------------------------------------------------- the results
+step summary "$PY" benchmarks/gpu/summarize.py "$OUT" "$WORK"
+tar -czf "$OUT/details.tar.gz" -C "$WORK" --exclude='*.jpg' --exclude='*.gif' --exclude='*.png' \
+  --exclude='*.pt' --exclude='*.pt2' --exclude='*.onnx' --exclude='*.pth' --exclude='data' \
+  --exclude='e2e' . 2>> "$LOG"
+column -t -s $'\t' "$STEPS" 2>/dev/null || cat "$STEPS"
+[ -f "$OUT/summary.md" ] && cat "$OUT/summary.md"
+ls -la "$OUT"
