@@ -70,23 +70,13 @@ def measure(out: Path, work: Path) -> dict[str, float | None]:
     return got
 
 
-def anchors(out: Path) -> list[str]:
-    """The same run's Python figures at 256x256: eager fp32, torch.compile (+ CUDA graphs)."""
-    py = _load(out / "bench_py.json")
-    if not py:
+def anchors(work: Path) -> list[str]:
+    """The same run's Python backends (eager fp32, torch.compile + CUDA graphs fp16, ...): the
+    table of python -m benchmarks's own page."""
+    page = work / "bench_py" / "results.md"
+    if not page.is_file():
         return ["python -m benchmarks: not measured"]
-    lines = []
-    for e in py["backends"]:
-        if "skipped" in e:
-            lines.append(f"- {e['backend']}: skipped ({e['skipped']})")
-            continue
-        for c in e["cells"]:
-            if "error" in c:
-                lines.append(f"- {e['backend']} batch {c['batch']}: error {c['error'][:80]}")
-            else:
-                lines.append(f"- {e['backend']} ({e.get('precision', '')}) batch {c['batch']}: "
-                             f"p50 {c['p50_ms']:.3f} ms, {c['throughput_img_s']:.0f} img/s")
-    return lines
+    return [ln for ln in page.read_text().splitlines() if ln.startswith("|")]
 
 
 def main(argv: list[str]) -> int:
@@ -107,7 +97,7 @@ def main(argv: list[str]) -> int:
         lines.append(f"| {label} | {v:.4g} {unit} | {'<=' if better == 'lower' else '>='} "
                      f"{target} {unit} | {'yes' if met else 'NO'} |")
     lines += ["", "Python backends, same run, same model (python -m benchmarks):", ""]
-    lines += anchors(out)
+    lines += anchors(work)
     steps = (out / "steps.tsv").read_text().splitlines()[1:] if (out / "steps.tsv").is_file() \
         else []
     failed = [s.split("\t")[0] for s in steps if s.split("\t")[1] != "0"]

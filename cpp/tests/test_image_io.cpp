@@ -295,3 +295,23 @@ TEST(ImageIoBadInput, FolderInsteadOfFile) {
 }
 
 }  // namespace
+
+namespace {
+
+// The test folders are removed whole, links and nested folders included (without
+// std::filesystem::remove_all, which crashes beside torch 2.11's libtorch; see remove_tree).
+TEST(TestUtil, TempDirRemovesItsWholeTree) {
+  std::filesystem::path kept;
+  {
+    TempDir dir;
+    kept = dir.path();
+    std::filesystem::create_directories(dir / "a" / "b");
+    write_bytes(dir / "a" / "b" / "f.txt", "x");
+    write_bytes(dir / "g.txt", "y");
+    std::filesystem::create_directory_symlink(dir / "a", dir / "link");
+    ASSERT_TRUE(std::filesystem::exists(dir / "link" / "b" / "f.txt"));
+  }
+  EXPECT_FALSE(std::filesystem::exists(kept));
+}
+
+}  // namespace

@@ -94,6 +94,22 @@ inline double iou(const torch::Tensor& a, const torch::Tensor& b) {
   return uni == 0 ? 1.0 : inter / uni;
 }
 
+/// Removes `p` and, for a folder, everything below it (symbolic links as links).
+/// Not std::filesystem::remove_all: torch 2.11's libtorch.so (the GPU image's) exports its own
+/// copy of libstdc++'s filesystem functions, which our calls bind to, and its remove_all
+/// crashes (make torch211 found it; the others this project calls work).
+inline void remove_tree(const std::filesystem::path& p) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(p, ec)) {
+    if (e.is_directory(ec) && !e.is_symlink(ec)) {
+      remove_tree(e.path());
+    } else {
+      std::filesystem::remove(e.path(), ec);
+    }
+  }
+  std::filesystem::remove(p, ec);
+}
+
 /// A fresh folder under the system temp dir, removed at the end of the test.
 class TempDir {
  public:
@@ -103,10 +119,7 @@ class TempDir {
             ("carseg_test_" + std::to_string(rd()) + "_" + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   [[nodiscard]] const std::filesystem::path& path() const { return path_; }
