@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_YML = REPO / "python" / "carseg" / "configs" / "train.yml"
-
-# Keep test processes from oversubscribing the 2 cores.
+# Keep test processes from oversubscribing the 2 cores (before torch is first imported).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from helpers import tiny_run_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -24,21 +25,6 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dataset(root, 24, size=(160, 240), seed=7, views=8)
     prepare(root, valid_size=0.34, seed=0)
     return root
-
-
-def tiny_run_config(data: Path, logdir: Path) -> dict:
-    """The demo config cut down for tests: 1 epoch at 64 px, no loader workers, and no random
-    augmentation, so that with the seeded initial weights the run is the same every time."""
-    from carseg.train.run import prepare_config
-
-    config = prepare_config([TRAIN_YML], logdir=logdir, data=data, epochs=1, image_size=64)
-    step = config["run"][0]
-    step["verbose"] = False
-    for loader in step["loaders"].values():  # no worker processes in tests: faster to start
-        loader["num_workers"] = 0
-        loader.pop("persistent_workers", None)
-    step["loaders"]["train"]["dataset"]["transforms"]["stage"] = "valid"
-    return config
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_YML = REPO / "python" / "carseg" / "configs" / "train.yml"
 
 # Files no entry point may choke on, each named for its defect, and the words its error must
 # contain (Python's reader says "not a readable image", libcarseg's "not an image").
@@ -50,6 +51,14 @@ def carseg_infer() -> Path | None:
         if p and Path(p).is_file() and os.access(p, os.X_OK):
             return Path(p)
     return None
+
+
+def jpeg_with_scans(good_jpeg: bytes, scans: int) -> bytes:
+    """A JPEG whose one scan is repeated `scans` times: what a decoder would have to make
+    `scans` passes over."""
+    sos = good_jpeg.index(b"\xff\xda")
+    scan = good_jpeg[sos:-2]  # up to the end-of-image marker
+    return good_jpeg[:sos] + scan * scans + b"\xff\xd9"
 
 
 def copy_photos(data: Path, folder: Path, n: int) -> Path:
@@ -188,3 +197,18 @@ def check_fresh_process_parity(backend: str, artifact: Path, logdir: Path,
 
 def manifest_json(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
+
+
+def tiny_run_config(data: Path, logdir: Path) -> dict:
+    """The demo config cut down for tests: 1 epoch at 64 px, no loader workers, and no random
+    augmentation, so that with the seeded initial weights the run is the same every time."""
+    from carseg.train.run import prepare_config
+
+    config = prepare_config([TRAIN_YML], logdir=logdir, data=data, epochs=1, image_size=64)
+    step = config["run"][0]
+    step["verbose"] = False
+    for loader in step["loaders"].values():  # no worker processes in tests: faster to start
+        loader["num_workers"] = 0
+        loader.pop("persistent_workers", None)
+    step["loaders"]["train"]["dataset"]["transforms"]["stage"] = "valid"
+    return config

@@ -138,10 +138,14 @@ forward pass. Do not modify an input array from another thread while a call read
 
 std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predictor, int batch,
                                                 int workers, const std::optional<std::string>& cutout,
-                                                int jpeg_quality, const py::object& progress) {
+                                                int jpeg_quality, bool overwrite,
+                                                std::int64_t max_bytes_in_flight,
+                                                const py::object& progress) {
   carseg::PipelineOptions options;
   options.batch = batch;
   options.workers = workers;
+  options.overwrite = overwrite;
+  options.max_bytes_in_flight = max_bytes_in_flight;
   options.cutout.reset();
   if (cutout) options.cutout = carseg::parse_background(*cutout);
   options.jpeg_quality = jpeg_quality;
@@ -160,16 +164,26 @@ std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predict
   return std::make_unique<carseg::Pipeline>(predictor, std::move(options));
 }
 
+// carseg.CarsegError's type object, kept alive by the module's attribute.
+PyObject* carseg_error_type = nullptr;
+
+// A str from bytes the way Python names files (os.fsdecode): a file name need not be UTF-8,
+// and one that is not comes back as the same str that named it (surrogateescape).
+py::str fs_str(const std::string& bytes) {
+  return py::reinterpret_steal<py::str>(
+      PyUnicode_DecodeFSDefaultAndSize(bytes.data(), static_cast<Py_ssize_t>(bytes.size())));
+}
+
 py::dict report_dict(const carseg::PipelineReport& report) {
   auto path_or_none = [](const std::filesystem::path& p) -> py::object {
-    return p.empty() ? py::none() : py::object(py::str(p.string()));
+    return p.empty() ? py::none() : py::object(fs_str(p.string()));
   };
   py::list results;
   for (const carseg::PhotoResult& r : report.results) {
     py::dict d;
-    d["input"] = r.input.string();
+    d["input"] = fs_str(r.input.string());
     d["ok"] = r.ok;
-    d["error"] = r.error;
+    d["error"] = fs_str(r.error);
     d["width"] = r.width;
     d["height"] = r.height;
     d["mask"] = path_or_none(r.mask);
@@ -201,7 +215,17 @@ PYBIND11_MODULE(_native, m) {
   py::module_::import("torch");
 
   const py::object base = py::module_::import("carseg.errors").attr("CarsegError");
-  py::register_local_exception<carseg::Error>(m, "CarsegError", base);
+  carseg_error_type = py::register_local_exception<carseg::Error>(m, "CarsegError", base).ptr();
+  // Registered after pybind11's own translator, so tried before it: the message decoded as
+  // Python decodes file names, so that an error naming a file whose name is not UTF-8 is still
+  // that error (a UTF-8 decode would fail on it).
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const carseg::Error& e) {
+      PyErr_SetObject(carseg_error_type, fs_str(e.what()).ptr());
+    }
+  });
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -321,11 +345,13 @@ alpha 255 on the car and 0 elsewhere.)")
   py::class_<carseg::Pipeline>(m, "Pipeline", kPipelineDoc)
       .def(py::init(&make_pipeline), py::arg("predictor"), py::kw_only(), py::arg("batch") = 8,
            py::arg("workers") = 2, py::arg("cutout") = "white", py::arg("jpeg_quality") = 95,
+           py::arg("overwrite") = false, py::arg("max_bytes_in_flight") = std::int64_t{1} << 30,
            py::arg("progress") = py::none(),
            py::keep_alive<1, 2>(),  // the pipeline holds a reference to the predictor
            R"(batch: photos per forward pass; workers: decode threads and as many encode threads;
-cutout "white", "transparent" or None (masks only); progress(done, total, failed, last), called
-after each batch and at the end.)")
+cutout "white", "transparent" or None (masks only); overwrite: replace outputs already there (by
+default a photo whose outputs exist is refused); max_bytes_in_flight: decoded photos held at
+once; progress(done, total, failed, last), called after each batch and at the end.)")
       .def(
           "run",
           [](const carseg::Pipeline& self, const std::vector<std::filesystem::path>& photos,

@@ -1,4 +1,6 @@
 // Which artifact a Predictor loads, and how: the policy in one place, apart from the running.
+#include <c10/util/Exception.h>
+
 #include <iostream>
 
 #include "carseg/error.h"
@@ -31,6 +33,19 @@ torch::ScalarType dtype_of(const ArtifactEntry& a) {
 
 }  // namespace
 
+Error library_error(const std::string& file, const std::string& what_failed,
+                    const std::exception& e) {
+  std::string text;
+  if (const auto* c10e = dynamic_cast<const c10::Error*>(&e)) {
+    text = c10e->what_without_backtrace();
+  } else {
+    text = e.what();
+  }
+  std::string first = text.substr(0, text.find('\n'));
+  if (first.size() > 240) first = first.substr(0, 240) + "...";  // --verbose has it all
+  return Error(file, what_failed + ": " + (first.empty() ? "unknown error" : first), e.what());
+}
+
 std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorOptions& options,
                                       const torch::Device& device) {
   const std::string want_precision = to_string(options.precision);
@@ -45,10 +60,10 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
       throw Error(manifest.path().string(), "no AOTInductor artifact (format \"aoti\") to load");
     }
     const ArtifactEntry& a = manifest.artifact(aoti);
-    manifest.verify_artifact(aoti);
+    const std::vector<std::uint8_t> bytes = manifest.read_verified_artifact(aoti);
     try {
       std::unique_ptr<Backend> backend =
-          make_aoti_backend(manifest.artifact_path(aoti), device, dtype_of(a));
+          make_aoti_backend(bytes, manifest.artifact_path(aoti), device, dtype_of(a));
       if (options.precision == Precision::kFp16 && a.precision != "fp16") {
         log_line("the AOTInductor package is " + a.precision + ": running it in " + a.precision);
       }
@@ -64,7 +79,7 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
     throw Error(manifest.path().string(), "no TorchScript artifact (format \"torchscript\")");
   }
   const ArtifactEntry& a = manifest.artifact(ts);
-  manifest.verify_artifact(ts);
+  const std::vector<std::uint8_t> bytes = manifest.read_verified_artifact(ts);
   if (a.precision == "fp16" && !device.is_cuda()) {
     throw Error(manifest.artifact_path(ts).string(),
                 "an fp16 artifact needs a CUDA device; export an fp32 folder for the CPU");
@@ -77,7 +92,7 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
   ts_options.autocast_fp16 = options.precision == Precision::kFp16 && a.precision != "fp16";
   ts_options.optimize_for_inference = options.optimize_for_inference;
   ts_options.onednn_fusion = options.onednn_fusion;
-  return make_torchscript_backend(manifest.artifact_path(ts), device, ts_options);
+  return make_torchscript_backend(bytes, manifest.artifact_path(ts), device, ts_options);
 }
 
 }  // namespace carseg::detail

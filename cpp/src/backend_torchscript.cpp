@@ -3,6 +3,7 @@
 #include <torch/script.h>
 
 #include <mutex>
+#include <sstream>
 
 #include "detail/backend.h"
 #include "carseg/error.h"
@@ -19,13 +20,14 @@ void enable_onednn_fusion() {
 
 class TorchScriptBackend final : public Backend {
  public:
-  TorchScriptBackend(const std::filesystem::path& file, const torch::Device& device,
-                     const TorchScriptOptions& options)
+  TorchScriptBackend(const std::vector<std::uint8_t>& bytes, const std::filesystem::path& file,
+                     const torch::Device& device, const TorchScriptOptions& options)
       : device_(device), options_(options) {
     try {
-      module_ = torch::jit::load(file.string(), device);
-    } catch (const c10::Error& e) {
-      throw Error(file.string(), std::string("cannot load TorchScript: ") + e.what_without_backtrace());
+      std::istringstream in(std::string(bytes.begin(), bytes.end()));
+      module_ = torch::jit::load(in, device);
+    } catch (const std::exception& e) {
+      throw library_error(file.string(), "cannot load TorchScript", e);
     }
     module_.eval();
     if (options_.onednn_fusion && !device_.is_cuda()) {
@@ -34,9 +36,8 @@ class TorchScriptBackend final : public Backend {
     if (options_.optimize_for_inference) {
       try {
         module_ = torch::jit::optimize_for_inference(module_);
-      } catch (const c10::Error& e) {
-        throw Error(file.string(), std::string("optimize_for_inference failed: ") +
-                                       e.what_without_backtrace());
+      } catch (const std::exception& e) {
+        throw library_error(file.string(), "optimize_for_inference failed", e);
       }
     }
   }
@@ -92,10 +93,11 @@ class TorchScriptBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_torchscript_backend(const std::filesystem::path& file,
+std::unique_ptr<Backend> make_torchscript_backend(const std::vector<std::uint8_t>& bytes,
+                                                  const std::filesystem::path& file,
                                                   const torch::Device& device,
                                                   const TorchScriptOptions& options) {
-  return std::make_unique<TorchScriptBackend>(file, device, options);
+  return std::make_unique<TorchScriptBackend>(bytes, file, device, options);
 }
 
 }  // namespace carseg::detail

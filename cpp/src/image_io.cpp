@@ -1,5 +1,7 @@
 #include "carseg/image_io.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -10,9 +12,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
+#include <random>
+#include <thread>
 
 #include "carseg/error.h"
 
@@ -64,10 +67,70 @@ void check_pixels(const std::string& name, long long w, long long h, std::int64_
   if (w < 1 || h < 1) {
     throw Error(name, "image has no pixels (" + std::to_string(w) + "x" + std::to_string(h) + ")");
   }
-  if (w * h > max_pixels) {
-    throw Error(name, "image is " + std::to_string(w) + "x" + std::to_string(h) + " = " +
-                          std::to_string(w * h) + " pixels, over the limit of " +
-                          std::to_string(max_pixels));
+  // w > max / h, not w * h > max: a header's sides (up to 2^32 each) would overflow the product
+  // (found by carseg_fuzz).
+  if (w > max_pixels / h) {
+    throw Error(name, "image is " + std::to_string(w) + "x" + std::to_string(h) +
+                          ", over the limit of " + std::to_string(max_pixels) + " pixels");
+  }
+}
+
+// Start-of-scan segments of a JPEG (counting stops past `stop_after`), by walking its segments:
+// entropy-coded data is skipped to the next marker; a 0xFF byte inside it is always followed by
+// 0x00 or a restart marker, so no marker hides there. carseg.io.images.jpeg_scans is the same.
+int count_jpeg_scans(std::span<const std::uint8_t> d, int stop_after) {
+  int scans = 0;
+  std::size_t i = 2;
+  const std::size_t n = d.size();
+  auto next_ff = [&](std::size_t from) {
+    const auto* p = static_cast<const std::uint8_t*>(std::memchr(d.data() + from, 0xFF, n - from));
+    return p ? static_cast<std::size_t>(p - d.data()) : n;
+  };
+  while (i + 4 <= n && scans <= stop_after) {
+    if (d[i] != 0xFF) {  // not at a marker: resynchronize at the next 0xFF
+      i = next_ff(i);
+      continue;
+    }
+    const std::uint8_t marker = d[i + 1];
+    if (marker == 0xFF) {  // fill byte
+      ++i;
+      continue;
+    }
+    if (marker == 0xD9) break;  // end of image
+    if (marker == 0x01 || marker == 0xD8 || (marker >= 0xD0 && marker <= 0xD7)) {
+      i += 2;  // no length field
+      continue;
+    }
+    i += 2 + ((static_cast<std::size_t>(d[i + 2]) << 8) | d[i + 3]);
+    if (marker != 0xDA) continue;
+    ++scans;
+    while (i < n - 1) {  // the scan's entropy-coded data, to the next marker
+      i = next_ff(i);
+      if (i >= n - 1) break;
+      const std::uint8_t m = d[i + 1];
+      if (m != 0 && !(m >= 0xD0 && m <= 0xD7)) break;
+      i += 2;
+    }
+  }
+  return scans;
+}
+
+// MULDIV255 of Pillow's Convert.c: a * b / 255, rounded as Pillow rounds it.
+inline int muldiv255(int a, int b) {
+  const int t = a * b + 128;
+  return ((t >> 8) + t) >> 8;
+}
+
+// A 4-channel JPEG as Pillow reads it: the stored values taken as Adobe's inverted CMYK
+// ("CMYK;I", which Pillow always assumes), then Pillow's CMYK -> RGB. The same photo gives the
+// same pixels from carseg.io.images.
+void cmyk_to_rgb(const std::uint8_t* stored, std::uint8_t* rgb, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i, stored += 4, rgb += 3) {
+    const int nk = stored[3];  // 255 - k, k = 255 - stored
+    for (int c = 0; c < 3; ++c) {
+      const int v = nk - muldiv255(255 - stored[c], nk);
+      rgb[c] = static_cast<std::uint8_t>(std::clamp(v, 0, 255));
+    }
   }
 }
 
@@ -83,14 +146,27 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name,
   }
   if (w < 1 || h < 1) throw Error(name, "corrupt or truncated JPEG: no frame size in the header");
   check_pixels(name, w, h, max_pixels);
+  if (const int scans = count_jpeg_scans(bytes, kMaxJpegScans); scans > kMaxJpegScans) {
+    throw Error(name, "JPEG with over " + std::to_string(kMaxJpegScans) + " scans (found " +
+                          std::to_string(scans) + "); refused as too costly to decode");
+  }
   Image img;
   img.width = w;
   img.height = h;
   img.pixels = std::move(storage);
-  img.pixels.resize(static_cast<std::size_t>(w) * h * 3);
+  const std::size_t n = static_cast<std::size_t>(w) * h;
+  img.pixels.resize(n * 3);
   // STOPONWARNING: a truncated file ("Premature end of JPEG file") is an error, not a grey tail.
-  if (tjDecompress2(tj.get(), data, size, img.pixels.data(), w, 0, h, TJPF_RGB,
-                    TJFLAG_STOPONWARNING | TJFLAG_ACCURATEDCT) != 0) {
+  const int flags = TJFLAG_STOPONWARNING | TJFLAG_ACCURATEDCT;
+  if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {  // TurboJPEG has no CMYK -> RGB
+    std::vector<std::uint8_t> cmyk(n * 4);
+    if (tjDecompress2(tj.get(), data, size, cmyk.data(), w, 0, h, TJPF_CMYK, flags) != 0) {
+      throw Error(name, std::string("corrupt or truncated JPEG: ") + tjGetErrorStr2(tj.get()));
+    }
+    cmyk_to_rgb(cmyk.data(), img.pixels.data(), n);
+    return img;
+  }
+  if (tjDecompress2(tj.get(), data, size, img.pixels.data(), w, 0, h, TJPF_RGB, flags) != 0) {
     throw Error(name, std::string("corrupt or truncated JPEG: ") + tjGetErrorStr2(tj.get()));
   }
   return img;
@@ -161,21 +237,68 @@ Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, c
 
 }  // namespace
 
-std::vector<std::uint8_t> read_file(const std::filesystem::path& path) {
+std::vector<std::uint8_t> read_file(const std::filesystem::path& path, std::int64_t max_bytes) {
   const std::string name = path.string();
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) throw Error(name, "no such file");
-  if (std::filesystem::is_directory(path, ec)) throw Error(name, "is a folder, not an image file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(name, std::string("cannot open: ") + std::strerror(errno));
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  in.seekg(0, std::ios::beg);
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(std::max<std::streamoff>(size, 0)));
-  if (!bytes.empty() && !in.read(reinterpret_cast<char*>(bytes.data()), size)) {
-    throw Error(name, "read error");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) throw Error(name, "no such file");
+    if (err == EISDIR) throw Error(name, "is a folder, not an image file");
+    throw Error(name, std::string("cannot open: ") + std::strerror(err));
   }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw Error(name, std::string("cannot stat: ") + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) throw Error(name, "is a folder, not an image file");
+  if (!S_ISREG(st.st_mode)) throw Error(name, "not a regular file (a pipe, device or socket)");
+  if (st.st_size > max_bytes) {
+    throw Error(name, "file of " + std::to_string(st.st_size) + " bytes is over the limit of " +
+                          std::to_string(max_bytes));
+  }
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.st_size));
+  std::size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw Error(name, std::string("read error: ") + std::strerror(errno));
+    if (r == 0) break;  // the file shrank while it was read: what is there is what it holds
+    got += static_cast<std::size_t>(r);
+  }
+  bytes.resize(got);
   return bytes;
+}
+
+ImageInfo peek_image(std::span<const std::uint8_t> bytes, const std::string& name,
+                     std::int64_t max_pixels) {
+  if (bytes.empty()) throw Error(name, "empty file (0 bytes)");
+  const Format format = sniff(bytes);
+  check_header_size(bytes, format, name, max_pixels);
+  ImageInfo info;
+  if (format == Format::kJpeg) {
+    TjHandle tj(tjInitDecompress());
+    int subsamp = 0, colorspace = 0;
+    if (!tj || tjDecompressHeader3(tj.get(), const_cast<unsigned char*>(bytes.data()),
+                                   static_cast<unsigned long>(bytes.size()), &info.width,
+                                   &info.height, &subsamp, &colorspace) != 0) {
+      throw Error(name, std::string("corrupt or truncated JPEG (header): ") +
+                            tjGetErrorStr2(tj.get()));
+    }
+    info.format = "jpeg";
+  } else if (format != Format::kUnknown) {
+    int comp = 0;
+    if (!stbi_info_from_memory(bytes.data(), static_cast<int>(std::min<std::size_t>(bytes.size(), INT32_MAX)),
+                               &info.width, &info.height, &comp)) {
+      throw Error(name, std::string("corrupt image header: ") + stbi_failure_reason());
+    }
+    info.format = format == Format::kPng ? "png" : format == Format::kGif ? "gif" : "bmp";
+  } else {
+    throw Error(name, "not an image: its first bytes are not a JPEG, PNG, GIF or BMP signature");
+  }
+  check_pixels(name, info.width, info.height, max_pixels);
+  return info;
 }
 
 Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
@@ -204,7 +327,7 @@ Image decode_image(std::span<const std::uint8_t> bytes, const std::string& name,
 }
 
 Image read_image(const std::filesystem::path& path, std::vector<std::uint8_t> storage,
-                 std::int64_t max_pixels) {
+                 std::int64_t max_pixels) {  // NOLINT(performance-unnecessary-value-param)
   const std::vector<std::uint8_t> bytes = read_file(path);
   return decode_image(bytes, path.string(), max_pixels, std::move(storage));
 }
@@ -214,35 +337,57 @@ Image read_image(const std::filesystem::path& path, std::int64_t max_pixels) {
   return decode_image(bytes, path.string(), max_pixels);
 }
 
-void write_file_atomic(const std::filesystem::path& path, std::span<const std::uint8_t> bytes) {
-  static std::atomic<unsigned> counter{0};
-  std::string tmp_name = ".";
-  tmp_name += path.filename().string();
-  tmp_name += ".tmp";
-  tmp_name += std::to_string(::getpid());
-  tmp_name += "_";
-  tmp_name += std::to_string(counter++);
-  const std::filesystem::path tmp = path.parent_path() / tmp_name;
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(path.string(), std::string("cannot write: ") + std::strerror(errno));
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      const std::string reason = std::string("write failed: ") + std::strerror(errno);
-      out.close();
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw Error(path.string(), reason);
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::uint8_t> bytes,
+                       bool overwrite) {
+  const std::string name = path.string();
+  thread_local std::mt19937_64 rng{std::random_device{}() ^
+                                   std::hash<std::thread::id>{}(std::this_thread::get_id())};
+  std::filesystem::path tmp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    char suffix[24];
+    std::snprintf(suffix, sizeof suffix, ".tmp%016llx", static_cast<unsigned long long>(rng()));
+    std::string tmp_name = ".";  // appended piecewise: GCC 12 warns (falsely) on "." + name
+    tmp_name += path.filename().string();
+    tmp_name += suffix;
+    tmp = path.parent_path() / tmp_name;
+    // O_EXCL: created here and now, never an existing file or a planted link
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && (errno != EEXIST || attempt > 16)) {
+      throw Error(name, std::string("cannot write: ") + std::strerror(errno));
     }
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::error_code ignore;
-    std::filesystem::remove(tmp, ignore);
-    throw Error(path.string(), "cannot rename the temporary file into place: " + ec.message());
+  auto fail = [&](const std::string& reason) {
+    ::unlink(tmp.c_str());
+    throw Error(name, reason);
+  };
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      const std::string reason = std::string("write failed: ") + std::strerror(errno);
+      ::close(fd);
+      fail(reason);
+    }
+    done += static_cast<std::size_t>(w);
   }
+  // On disk before it takes the final name: a crash leaves the old file or the whole new one.
+  if (::fsync(fd) != 0 || ::close(fd) != 0) fail(std::string("write failed: ") + std::strerror(errno));
+  if (overwrite) {
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      fail(std::string("cannot rename the temporary file into place: ") + std::strerror(errno));
+    }
+    return;
+  }
+  if (::link(tmp.c_str(), path.c_str()) != 0) {  // atomic: fails on an existing name
+    const int err = errno;
+    fail(err == EEXIST ? "exists, and this run did not write it; not replaced (remove it, write "
+                         "elsewhere, or overwrite)"
+                       : std::string("cannot link the temporary file into place: ") +
+                             std::strerror(err));
+  }
+  ::unlink(tmp.c_str());
 }
 
 namespace {

@@ -1,12 +1,12 @@
 #include "carseg/manifest.h"
 
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "carseg/error.h"
+#include "carseg/image_io.h"
 #include "carseg/sha256.h"
 
 namespace carseg {
@@ -14,7 +14,27 @@ namespace {
 
 using nlohmann::json;
 
+// A manifest.json may be written by anyone: these bound what reading one costs and what an
+// error message repeats of it.
+constexpr std::int64_t kMaxManifestBytes = 1 << 20;
+constexpr std::size_t kMaxDepth = 16;        // the schema needs 5
+constexpr std::size_t kMaxQuoted = 60;       // characters of a value an error message repeats
+constexpr int kMaxInputSize = 8192;          // preprocessing.size
+
 std::string type_name(const json& v) { return v.type_name(); }
+
+// A value for an error message: at most kMaxQuoted characters of it, and how long it was.
+std::string quote(const std::string& s) {
+  std::string out = "\"";  // appended piecewise: GCC 12 warns (falsely) on "\"" + s
+  out += s.substr(0, kMaxQuoted);
+  if (s.size() <= kMaxQuoted) return out += "\"";
+  return out += "...\" (" + std::to_string(s.size()) + " bytes)";
+}
+std::string quote(const json& v) {
+  const std::string d = v.dump(-1, ' ', false, json::error_handler_t::replace);
+  return d.size() <= kMaxQuoted ? d : d.substr(0, kMaxQuoted) + "... (" + std::to_string(d.size()) +
+                                          " characters)";
+}
 
 // Each getter names the field and what it expected, so a bad manifest says what to fix.
 class Reader {
@@ -39,22 +59,30 @@ class Reader {
     if (!v.is_string()) fail(where + key + ": expected a string, got " + type_name(v));
     return v.get<std::string>();
   }
+  // A finite number in [lo, hi].
   double number(const json& parent, const std::string& key, const std::string& where,
-                double fallback) const {
+                double fallback, double lo, double hi) const {
     if (!parent.contains(key) || parent.at(key).is_null()) return fallback;
     const json& v = parent.at(key);
     if (!v.is_number()) fail(where + key + ": expected a number, got " + type_name(v));
-    return v.get<double>();
+    const double d = v.get<double>();
+    if (!std::isfinite(d) || d < lo || d > hi) {
+      std::ostringstream range;
+      range << "[" << lo << ", " << hi << "]";
+      fail(where + key + ": expected a number in " + range.str() + ", got " + quote(v));
+    }
+    return d;
   }
   std::array<double, 3> triple(const json& parent, const std::string& key, const std::string& where,
                                std::array<double, 3> fallback) const {
     if (!parent.contains(key)) return fallback;
     const json& v = parent.at(key);
     if (!v.is_array() || v.size() != 3)
-      fail(where + key + ": expected 3 numbers (RGB), got " + v.dump());
+      fail(where + key + ": expected 3 numbers (RGB), got " + quote(v));
     std::array<double, 3> out{};
     for (std::size_t i = 0; i < 3; ++i) {
-      if (!v[i].is_number()) fail(where + key + ": expected 3 numbers (RGB), got " + v.dump());
+      if (!v[i].is_number() || !std::isfinite(v[i].get<double>()))
+        fail(where + key + ": expected 3 finite numbers (RGB), got " + quote(v));
       out[i] = v[i].get<double>();
     }
     return out;
@@ -103,23 +131,35 @@ Manifest Manifest::load(const std::filesystem::path& path) {
   std::filesystem::path file = path;
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) file = path / "manifest.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) {
-    throw Error(file.string(), std::filesystem::exists(file, ec)
-                                   ? "cannot read the manifest"
-                                   : "no such file (an artifact folder needs a manifest.json)");
+  if (!std::filesystem::exists(file, ec)) {
+    throw Error(file.string(), "no such file (an artifact folder needs a manifest.json)");
   }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return parse(ss.str(), std::filesystem::absolute(file));
+  std::vector<std::uint8_t> bytes;
+  try {
+    bytes = read_file(file, kMaxManifestBytes);  // a regular file, and not a huge one
+  } catch (const Error& e) {
+    throw Error(file.string(), "cannot read the manifest: " + e.reason());
+  }
+  return parse(std::string(bytes.begin(), bytes.end()), std::filesystem::absolute(file));
 }
 
 Manifest Manifest::parse(const std::string& text, const std::filesystem::path& source) {
   const std::string file = source.string();
   const Reader r(file);
   json j;
+  if (text.size() > static_cast<std::size_t>(kMaxManifestBytes)) {
+    r.fail("over " + std::to_string(kMaxManifestBytes) + " bytes (" + std::to_string(text.size()) +
+           "); a manifest is a few kilobytes");
+  }
+  // Nesting is refused while parsing, before any recursion over the tree (dump, compare) could
+  // run out of stack on a manifest of a million brackets.
+  const json::parser_callback_t depth_check = [&](int depth, json::parse_event_t, json&) {
+    if (static_cast<std::size_t>(depth) > kMaxDepth)
+      r.fail("nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    return true;
+  };
   try {
-    j = json::parse(text);
+    j = json::parse(text, depth_check);
   } catch (const json::parse_error& e) {
     r.fail(std::string("not valid JSON: ") + e.what());
   }
@@ -130,7 +170,7 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
   if (!j.contains("schema_version")) r.fail("missing field schema_version");
   const json& version = j.at("schema_version");
   if (!version.is_number_integer() || version.get<long long>() != kSchemaVersion) {
-    r.fail("schema_version " + version.dump() + " is not supported: expected " +
+    r.fail("schema_version " + quote(version) + " is not supported: expected " +
            std::to_string(kSchemaVersion));
   }
 
@@ -145,20 +185,23 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
       "size",           "mean",      "std",          "max_pixel_value", "pad_value",
       "pad_position",   "interpolation", "antialias", "channel_order",  "layout"};
   for (const auto& [key, value] : pre.items()) {
-    if (!kKnown.count(key)) r.fail("preprocessing: unknown field " + key);
+    if (!kKnown.count(key)) r.fail("preprocessing: unknown field " + quote(key));
   }
   PreprocessSpec& spec = m.preprocessing_;
-  const double size = r.number(pre, "size", "preprocessing.", spec.size);
-  if (size != std::floor(size)) r.fail("preprocessing.size: expected an integer, got " + pre.at("size").dump());
+  // Bounded before it is an int: a size of a billion, or 1e300, is refused, never cast.
+  const double size = r.number(pre, "size", "preprocessing.", spec.size, 32, kMaxInputSize);
+  if (size != std::floor(size))
+    r.fail("preprocessing.size: expected an integer, got " + quote(pre.at("size")));
   spec.size = static_cast<int>(size);
   spec.mean = r.triple(pre, "mean", "preprocessing.", spec.mean);
   spec.std = r.triple(pre, "std", "preprocessing.", spec.std);
-  spec.max_pixel_value = r.number(pre, "max_pixel_value", "preprocessing.", spec.max_pixel_value);
-  spec.pad_value = r.number(pre, "pad_value", "preprocessing.", spec.pad_value);
+  spec.max_pixel_value =
+      r.number(pre, "max_pixel_value", "preprocessing.", spec.max_pixel_value, 1e-6, 65535);
+  spec.pad_value = r.number(pre, "pad_value", "preprocessing.", spec.pad_value, 0, 65535);
   auto expect = [&](const std::string& key, const std::string& wanted) {
     const std::string got = r.string(pre, key, "preprocessing.", &wanted);
     if (got != wanted) {
-      r.fail("preprocessing." + key + ": only \"" + wanted + "\" is supported, got \"" + got + "\"");
+      r.fail("preprocessing." + key + ": only \"" + wanted + "\" is supported, got " + quote(got));
     }
   };
   expect("pad_position", "bottom_right");
@@ -166,7 +209,7 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
   expect("channel_order", "RGB");
   expect("layout", "NCHW");
   if (pre.contains("antialias") && pre.at("antialias") != false)
-    r.fail("preprocessing.antialias: only false is supported, got " + pre.at("antialias").dump());
+    r.fail("preprocessing.antialias: only false is supported, got " + quote(pre.at("antialias")));
   try {
     spec.validate();
   } catch (const Error& e) {
@@ -175,34 +218,36 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
 
   if (j.contains("output")) {
     const json& out = r.object(j, "output", "");
-    m.threshold_ = r.number(out, "threshold", "output.", 0.5);
+    m.threshold_ = r.number(out, "threshold", "output.", 0.5, 0, 1);
     if (!(m.threshold_ > 0 && m.threshold_ < 1))
       r.fail("output.threshold: expected a value in (0, 1), got " + std::to_string(m.threshold_));
     const std::string logits = "logits";
     const std::string kind = r.string(out, "kind", "output.", &logits);
-    if (kind != "logits") r.fail("output.kind: only \"logits\" is supported, got \"" + kind + "\"");
+    if (kind != "logits") r.fail("output.kind: only \"logits\" is supported, got " + quote(kind));
   }
 
   const json& arts = r.object(j, "artifacts", "");
   for (const auto& [name, entry] : arts.items()) {
     if (entry.is_null()) continue;
+    if (name.size() > kMaxQuoted) r.fail("artifacts: a name of " + std::to_string(name.size()) + " bytes");
     const std::string where = "artifacts." + name + ".";
     if (!entry.is_object()) r.fail("artifacts." + name + ": expected an object, got " + type_name(entry));
     ArtifactEntry a;
     a.name = name;
     a.file = r.string(entry, "file", where);
     const std::filesystem::path fp(a.file);
-    if (a.file.empty() || fp.is_absolute() || fp.has_parent_path() || a.file == "..")
-      r.fail(where + "file: expected a file name inside the artifact folder, got \"" + a.file + "\"");
+    if (a.file.empty() || a.file.size() > 255 || fp.is_absolute() || fp.has_parent_path() ||
+        a.file == "..")
+      r.fail(where + "file: expected a file name inside the artifact folder, got " + quote(a.file));
     a.format = r.string(entry, "format", where, &name);
     const std::string fp32 = "fp32", cpu = "cpu";
     a.precision = r.string(entry, "precision", where, &fp32);
     if (a.precision != "fp32" && a.precision != "fp16")
-      r.fail(where + "precision: expected \"fp32\" or \"fp16\", got \"" + a.precision + "\"");
+      r.fail(where + "precision: expected \"fp32\" or \"fp16\", got " + quote(a.precision));
     a.device = r.string(entry, "device", where, &cpu);
     a.sha256 = r.string(entry, "sha256", where);
     if (!is_hex64(a.sha256))
-      r.fail(where + "sha256: expected 64 lower-case hex digits, got \"" + a.sha256 + "\"");
+      r.fail(where + "sha256: expected 64 lower-case hex digits, got " + quote(a.sha256));
     m.artifacts_.emplace(name, std::move(a));
   }
   if (m.artifacts_.empty()) r.fail("artifacts: expected at least one artifact, got none");
@@ -223,17 +268,21 @@ std::filesystem::path Manifest::artifact_path(const std::string& name) const {
   return dir() / artifact(name).file;
 }
 
-void Manifest::verify_artifact(const std::string& name) const {
+void Manifest::verify_artifact(const std::string& name) const { (void)read_verified_artifact(name); }
+
+std::vector<std::uint8_t> Manifest::read_verified_artifact(const std::string& name) const {
   const ArtifactEntry& a = artifact(name);
   const std::filesystem::path file = dir() / a.file;
   std::error_code ec;
   if (!std::filesystem::is_regular_file(file, ec))
     throw Error(file.string(), "no such file (listed in " + path_.filename().string() + ")");
-  const std::string actual = sha256_file(file);
+  std::vector<std::uint8_t> bytes = read_file(file, kMaxArtifactBytes);
+  const std::string actual = sha256_hex({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
   if (actual != a.sha256) {
     throw Error(file.string(), "sha256 mismatch: expected " + a.sha256 + ", got " + actual +
                                    " (the file does not match manifest.json; re-export it)");
   }
+  return bytes;
 }
 
 }  // namespace carseg

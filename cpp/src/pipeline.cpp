@@ -40,12 +40,18 @@ bool same_folder(const fs::path& a, const fs::path& b) {
   return fs::equivalent(a, b, ec);
 }
 
-// A decoded photo on its way through the stages.
+// A decoded photo on its way through the stages, and the bytes it holds of the budget.
 struct Item {
   std::size_t index = 0;
   Image image;
   torch::Tensor mask;
+  std::int64_t reserved = 0;
 };
+
+bool name_taken(const fs::path& p) {  // by anything, a dangling link included
+  std::error_code ec;
+  return fs::symlink_status(p, ec).type() != fs::file_type::not_found && !ec;
+}
 
 }  // namespace
 
@@ -153,6 +159,7 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   detail::BoundedQueue<Item> decoded(batch * 2);
   detail::BoundedQueue<Item> inferred(batch * 2);
   detail::BufferPool buffers(static_cast<std::size_t>(opt.workers) * 2);
+  detail::ByteBudget budget(opt.max_bytes_in_flight);
   std::atomic<std::size_t> next{0}, finished{0}, failed{0};
   std::atomic<int> decoders_left{opt.workers};
 
@@ -163,15 +170,45 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
     ++finished;
   };
 
+  // Everything that refuses a photo is checked before any byte of it is decoded or written.
+  auto refuse_early = [&](std::size_t i, const ImageInfo& info) {
+    const std::string name = photos[i].string();
+    if (opt.cutout == Background::kWhite && std::max(info.width, info.height) > kMaxJpegSide) {
+      throw Error(name, "is " + std::to_string(info.width) + "x" + std::to_string(info.height) +
+                            ": too large for a JPEG cutout (JPEG's sides are at most " +
+                            std::to_string(kMaxJpegSide) + " pixels); use a transparent (PNG) cutout");
+    }
+    if (opt.write && !opt.overwrite) {
+      for (const fs::path& out : {mask_path(output, photos[i]),
+                                  opt.cutout ? cutout_path(output, photos[i], *opt.cutout) : fs::path()}) {
+        if (!out.empty() && name_taken(out)) {
+          throw Error(name, out.string() + " exists, and this run did not write it; not "
+                                           "replaced (remove it, write elsewhere, or overwrite)");
+        }
+      }
+    }
+  };
+
   auto decode = [&] {
     for (std::size_t i; (i = next++) < n;) {
+      std::int64_t reserved = 0;
       try {
         if (!refused[i].empty()) throw std::runtime_error(refused[i]);
+        const std::vector<std::uint8_t> bytes = read_file(photos[i]);
+        const ImageInfo info = peek_image(bytes, photos[i].string(), opt.max_pixels);
+        refuse_early(i, info);
+        // The photo's pixels and its mask: 4 bytes a pixel, reserved before decoding.
+        const std::int64_t need = 4LL * info.width * info.height;
+        if (!budget.acquire(need)) return;  // the run was abandoned
+        reserved = need;
         Item item;
         item.index = i;
-        item.image = read_image(photos[i], buffers.take());
+        item.reserved = need;
+        item.image = decode_image(bytes, photos[i].string(), opt.max_pixels, buffers.take());
+        reserved = 0;  // the item carries it now
         if (!decoded.push(std::move(item))) return;  // the run was abandoned
       } catch (const std::exception& e) {
+        if (reserved) budget.release(reserved);
         fail(i, e);
       }
     }
@@ -194,18 +231,22 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         r.foreground = static_cast<double>(car) / static_cast<double>(std::max<int64_t>(1, mask.numel()));
         r.mask = mask_path(output, photos[i]);
         const std::vector<std::uint8_t> png = encode_mask_png(m, r.width, r.height);
-        if (opt.write) write_file_atomic(r.mask, png);
+        std::vector<std::uint8_t> cut;
         if (opt.cutout) {
           r.cutout = cutout_path(output, photos[i], *opt.cutout);
           // Last use of the photo: a white background is painted into its own pixels.
-          const std::vector<std::uint8_t> cut =
-              encode_cutout_in_place(item.image, m, *opt.cutout, opt.jpeg_quality);
-          if (opt.write) write_file_atomic(r.cutout, cut);
+          cut = encode_cutout_in_place(item.image, m, *opt.cutout, opt.jpeg_quality);
+        }
+        if (opt.write) {  // both encoded before either is written
+          write_file_atomic(r.mask, png, opt.overwrite);
+          if (opt.cutout) write_file_atomic(r.cutout, cut, opt.overwrite);
         }
         buffers.give(std::move(item.image.pixels));
+        budget.release(item.reserved);
         r.ok = true;
         ++finished;
       } catch (const std::exception& e) {
+        budget.release(item.reserved);
         fail(i, e);
       }
     }
@@ -217,15 +258,17 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   struct Joiner {
     detail::BoundedQueue<Item>& decoded;
     detail::BoundedQueue<Item>& inferred;
+    detail::ByteBudget& budget;
     std::vector<std::thread>& threads;
     ~Joiner() {
       decoded.close();
       inferred.close();
+      budget.close();
       for (auto& t : threads) {
         if (t.joinable()) t.join();
       }
     }
-  } joiner{decoded, inferred, threads};
+  } joiner{decoded, inferred, budget, threads};
   for (int w = 0; w < opt.workers; ++w) threads.emplace_back(decode);
   for (int w = 0; w < opt.workers; ++w) threads.emplace_back(encode);
 
@@ -245,7 +288,10 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         inferred.push(std::move(items[k]));
       }
     } catch (const std::exception& e) {
-      for (const Item& it : items) fail(it.index, e);
+      for (const Item& it : items) {
+        budget.release(it.reserved);
+        fail(it.index, e);
+      }
     }
     if (opt.progress) opt.progress(finished.load(), n, failed.load(), false);
   }

@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             write_raw(out / f"{name}.pre_{key}.f32", preprocess(t, spec))
         images.append(entry)
 
+    # A CMYK JPEG (Adobe's inverted CMYK, as Pillow and Photoshop write it) and the RGB that
+    # carseg.io.images (Pillow) decodes from it: libcarseg must give the same pixels.
+    from carseg.io.images import read_rgb
+
+    Image.fromarray(photo(48, 64, 9)).convert("CMYK").save(out / "cmyk.jpg", quality=90)
+    write_raw(out / "cmyk.rgb", read_rgb(out / "cmyk.jpg"))
+
     # Post-processing: random logits through the reference, per image.
     spec = specs["a"]
     g = torch.Generator().manual_seed(7)

@@ -13,33 +13,8 @@ namespace {
 using carseg::Manifest;
 using carseg::test::expect_error;
 using carseg::test::TempDir;
+using carseg::test::valid_manifest;
 using nlohmann::json;
-
-json valid_manifest(const std::string& sha) {
-  return json{{"schema_version", 1},
-              {"model", {{"arch", "Unet"}, {"encoder_name", "resnet18"}}},
-              {"preprocessing",
-               {{"size", 256},
-                {"mean", {0.485, 0.456, 0.406}},
-                {"std", {0.229, 0.224, 0.225}},
-                {"max_pixel_value", 255.0},
-                {"pad_value", 0},
-                {"pad_position", "bottom_right"},
-                {"interpolation", "bilinear"},
-                {"antialias", false},
-                {"channel_order", "RGB"},
-                {"layout", "NCHW"}}},
-              {"output", {{"kind", "logits"}, {"activation", "sigmoid"}, {"threshold", 0.4}}},
-              {"artifacts",
-               {{"torchscript",
-                 {{"file", "model.torchscript.pt"},
-                  {"format", "torchscript"},
-                  {"precision", "fp32"},
-                  {"device", "cpu"},
-                  {"sha256", sha},
-                  {"parity", nullptr}}},
-                {"onnx", nullptr}}}};
-}
 
 class ManifestTest : public ::testing::Test {
  protected:
@@ -112,7 +87,7 @@ TEST_F(ManifestTest, BadFieldsAreNamed) {
       {"/preprocessing/std", json::array({0.1, 0.0, 0.2}), "std"},
       {"/preprocessing/pad_position", "center", "pad_position"},
       {"/preprocessing/antialias", true, "antialias"},
-      {"/preprocessing/colour", "x", "unknown field colour"},
+      {"/preprocessing/colour", "x", "unknown field \"colour\""},
       {"/output/threshold", 1.5, "output.threshold"},
       {"/artifacts/torchscript/sha256", "xyz", "artifacts.torchscript.sha256"},
       {"/artifacts/torchscript/file", "../evil.pt", "artifacts.torchscript.file"},

@@ -38,6 +38,34 @@ inline carseg::Image gradient(int w, int h) {
   return img;
 }
 
+/// A manifest.json that Manifest::load accepts, for a TorchScript file with this sha256.
+inline nlohmann::json valid_manifest(const std::string& sha) {
+  using nlohmann::json;
+  return json{{"schema_version", 1},
+              {"model", {{"arch", "Unet"}, {"encoder_name", "resnet18"}}},
+              {"preprocessing",
+               {{"size", 256},
+                {"mean", {0.485, 0.456, 0.406}},
+                {"std", {0.229, 0.224, 0.225}},
+                {"max_pixel_value", 255.0},
+                {"pad_value", 0},
+                {"pad_position", "bottom_right"},
+                {"interpolation", "bilinear"},
+                {"antialias", false},
+                {"channel_order", "RGB"},
+                {"layout", "NCHW"}}},
+              {"output", {{"kind", "logits"}, {"activation", "sigmoid"}, {"threshold", 0.4}}},
+              {"artifacts",
+               {{"torchscript",
+                 {{"file", "model.torchscript.pt"},
+                  {"format", "torchscript"},
+                  {"precision", "fp32"},
+                  {"device", "cpu"},
+                  {"sha256", sha},
+                  {"parity", nullptr}}},
+                {"onnx", nullptr}}}};
+}
+
 /// Folder written by make_fixtures.py (ctest passes it in CARSEG_TEST_FIXTURES).
 inline std::filesystem::path fixtures() {
   const char* dir = std::getenv("CARSEG_TEST_FIXTURES");

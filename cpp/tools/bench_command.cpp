@@ -29,6 +29,7 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
   --optimize           TorchScript optimize_for_inference (faster on CPU, not bit-identical)
   --input DIR          also run end to end (decode, infer, encode) over DIR's images, img/s
   --json FILE          write the results as JSON
+  -v, --verbose        errors in full (torch's C++ backtrace), not one line
   -h, --help           this help
 
 example: carseg_infer bench --model artifacts --batch 1,8 --iters 100 --json bench.json

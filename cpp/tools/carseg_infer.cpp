@@ -67,7 +67,11 @@ int main(int argc, char** argv) {
     throw UsageError("unknown command \"" + cmd + "\" (expected infer or bench; see --help)");
   } catch (const carseg::OptionError& e) {
     std::cerr << "carseg_infer: error: " << flag_message(e) << "\n";
-  } catch (const std::exception& e) {  // UsageError, carseg::Error: bad usage, model or output
+  } catch (const carseg::Error& e) {  // a model or an output it cannot use
+    std::cerr << "carseg_infer: error: " << e.what() << "\n";
+    if (verbose && !e.detail().empty()) std::cerr << e.detail() << "\n";
+    else if (!e.detail().empty()) std::cerr << "(--verbose shows the full error)\n";
+  } catch (const std::exception& e) {  // UsageError: bad usage
     std::cerr << "carseg_infer: error: " << e.what() << "\n";
   }
   return kExitUsage;

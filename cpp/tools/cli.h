@@ -31,6 +31,10 @@ class UsageError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// --verbose: errors print the whole text of what failed underneath (torch's C++ backtrace),
+/// not only their one line.
+inline bool verbose = false;
+
 // argv after the command, "--flag=value" split in two; values are taken up to the next flag.
 class Args {
  public:
@@ -90,8 +94,14 @@ struct Common {
   // op-for-op default. oneDNN Graph fusion stays opt-in (--onednn-fusion): on the 2-core CPU it
   // took TorchScript batch 1 at 256 px from 41 to 36 ms, but batch 4 from 135 to 193 ms and
   // batch 1 at 512 px from 154 to 195 ms.
-  carseg::PredictorOptions options{.exact = false};
+  carseg::PredictorOptions options = fast_defaults();
   int threads = 0;
+
+  static carseg::PredictorOptions fast_defaults() {
+    carseg::PredictorOptions o;
+    o.exact = false;
+    return o;
+  }
 
   // Options both commands take; false when `flag` is not one of them.
   bool parse(const std::string& flag, Args& args) {
@@ -103,6 +113,7 @@ struct Common {
     else if (flag == "--no-graphs") options.use_cuda_graphs = false;
     else if (flag == "--exact") options.exact = true;
     else if (flag == "--onednn-fusion") options.onednn_fusion = true;
+    else if (flag == "-v" || flag == "--verbose") verbose = true;
     else return false;
     return true;
   }
@@ -113,7 +124,9 @@ struct Common {
     try {
       return carseg::Predictor(model, options);
     } catch (const c10::Error& e) {
-      throw UsageError(model.string() + ": cannot load the model: " + e.what_without_backtrace());
+      const std::string text = e.what_without_backtrace();
+      throw carseg::Error(model.string(), "cannot load the model: " + text.substr(0, text.find('\n')),
+                          e.what());
     }
   }
 
@@ -143,7 +156,9 @@ bool parse_flags(Args& args, Common& common, const std::string& command, const c
 }
 
 inline void write_json(const fs::path& path, const json& j) {
-  const std::string text = j.dump(2) + "\n";
+  // File names are bytes, not always UTF-8: such a name is written with U+FFFD where a byte
+  // is not UTF-8, never an exception instead of the report.
+  const std::string text = j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
   carseg::write_file_atomic(path, {reinterpret_cast<const std::uint8_t*>(text.data()), text.size()});
 }
 

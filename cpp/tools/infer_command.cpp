@@ -29,10 +29,14 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --backend B          auto (default), torchscript or aoti
   --threads N          torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)
   --no-graphs          do not capture CUDA graphs
+  --overwrite          replace outputs already in the output folder (default: a photo whose
+                       outputs exist is refused, and nothing there is replaced)
+  --max-memory MB      decoded photos held at once, in MiB (default 1024)
   --exact              CPU: pre/post-processing op for op as the Python reference: masks
-                       bit-identical to carseg.inference's (default: fused kernels, faster)
+                       bit-identical to carseg.runtime.reference's (default: fused kernels)
   --onednn-fusion      CPU, TorchScript: oneDNN Graph fusion (faster at batch 1 and small
                        sizes, slower at larger batches and sizes; not bit-identical)
+  -v, --verbose        errors in full (torch's C++ backtrace), not one line
   -h, --help           this help
 
 example: carseg_infer infer --model artifacts --input photos/ --output out --report out/report.json
@@ -73,6 +77,10 @@ int cmd_infer(int argc, char** argv) {
       opt.workers = static_cast<int>(args.integer(flag, 1, 256));
     } else if (flag == "--report") {
       report = fs::path(args.value(flag));
+    } else if (flag == "--overwrite") {
+      opt.overwrite = true;
+    } else if (flag == "--max-memory") {
+      opt.max_bytes_in_flight = args.integer(flag, 16, 1 << 20) << 20;
     } else {
       return false;
     }
@@ -96,8 +104,21 @@ int cmd_infer(int argc, char** argv) {
     };
   }
 
-  const carseg::Predictor predictor = common.load("infer");
-  const carseg::PipelineReport r = carseg::Pipeline(predictor, opt).run(photos, output);
+  // The report is written whatever happens from here on: a model that cannot be loaded or a
+  // run that stops is a report with its error.
+  std::optional<carseg::Predictor> predictor;
+  carseg::PipelineReport r;
+  try {
+    predictor.emplace(common.load("infer"));
+    r = carseg::Pipeline(*predictor, opt).run(photos, output);
+  } catch (const std::exception& e) {
+    if (report) {
+      json j = {{"command", "infer"}, {"model", common.model.string()}, {"ok", false},
+                {"error", e.what()}, {"inputs", photos.size()}, {"succeeded", 0}};
+      write_json(*report, j);
+    }
+    throw;
+  }
   json items = json::array(), errors = json::array();
   for (const carseg::PhotoResult& p : r.results) {
     if (p.ok) {
@@ -116,8 +137,9 @@ int cmd_infer(int argc, char** argv) {
             << std::setprecision(1) << r.images_per_second() << " img/s) -> " << output.string()
             << "\n";
   if (report) {
-    json j = common.describe(predictor);
-    j.update({{"command", "infer"}, {"threshold", predictor.threshold()}, {"batch", opt.batch},
+    json j = common.describe(*predictor);
+    j.update({{"command", "infer"}, {"ok", r.failed() == 0}, {"threshold", predictor->threshold()},
+              {"batch", opt.batch},
               {"inputs", r.results.size()}, {"succeeded", r.succeeded()}, {"failed", r.failed()},
               {"seconds", r.seconds}, {"images_per_second", r.images_per_second()},
               {"results", items}, {"errors", errors}});

@@ -145,6 +145,8 @@ class Pipeline:
         workers: int = 2,
         cutout: Literal["white", "transparent"] | None = "white",
         jpeg_quality: int = 95,
+        overwrite: bool = False,
+        max_bytes_in_flight: int = 1 << 30,
         progress: Callable[[int, int, int, bool], object] | None = None,
     ) -> None:
         """progress(done, total, failed, last) is called after each batch and at the end.

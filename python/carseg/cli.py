@@ -108,11 +108,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
-    from carseg.apps.batch import run_batch, write_report
+    from carseg.apps.batch import Report, run_batch, write_report
 
-    report = run_batch(args.inputs, args.model, args.output, address=args.address,
-                       workers=args.workers, batch_size=args.batch_size, device=args.device,
-                       cutout=args.cutout, backend=args.backend)
+    try:
+        report = run_batch(args.inputs, args.model, args.output, address=args.address,
+                           workers=args.workers, batch_size=args.batch_size, device=args.device,
+                           cutout=args.cutout, backend=args.backend, handle_signals=True)
+    except BaseException as e:  # the report is written whatever stops the run
+        if args.report:
+            write_report(Report(error=f"{type(e).__name__}: {e}"), args.report)
+        raise
     if args.report:
         write_report(report, args.report)
     _print_failures("batch", report.failed)
@@ -129,7 +134,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
     predictor = open_predictor(args.model, backend=args.backend, device=args.device,
                                precision=args.precision, threshold=args.threshold)
     report = run_cutout(args.inputs, predictor, args.output, background=args.background,
-                        workers=args.workers)
+                        workers=args.workers, overwrite=args.overwrite)
     _print_failures("cutout", report.failed)
     log.info("%d image(s) cut out, %d failed, %.2f images/s (%s backend) -> %s",
              len(report.done), len(report.failed), report.images_per_s, args.backend,
@@ -243,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="white: NAME_cutout.jpg on white; transparent: NAME_cutout.png, "
                         "the mask as alpha")
     s.add_argument("--workers", type=int, default=2, help="decode/encode threads")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace outputs already in the output folder (default: a photo whose "
+                        "outputs exist is refused; nothing there is replaced)")
     s.set_defaults(func=cmd_cutout)
 
     s = sub.add_parser("serve", help="HTTP serving on Ray Serve (extra `scale`)",

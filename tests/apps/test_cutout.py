@@ -127,8 +127,8 @@ def test_unwritable_output_and_missing_backend(photos: Path, tiny_artifacts: Pat
 
 def test_output_inside_the_input_folder_is_not_read_back(photos: Path, tiny_artifacts: Path
                                                          ) -> None:
-    for _ in range(2):  # the second run must not segment the first run's masks and cutouts
+    for extra in ([], ["--overwrite"]):  # the second run must not segment the first's outputs
         assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
-                     str(photos)]) == 0
+                     str(photos), *extra]) == 0
     names = sorted(p.name for p in photos.iterdir())
     assert len(names) == 4 * 3 and not [n for n in names if "_mask_" in n or "_cutout_" in n]

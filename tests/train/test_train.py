@@ -54,7 +54,7 @@ def test_one_epoch_run_writes_checkpoint_config_and_summary(tiny_logdir: Path) -
 
 def test_same_config_same_model(tiny_data: Path, tiny_logdir: Path, tmp_path: Path) -> None:
     """Seeded initial weights + Catalyst's seed: a rerun gives the same weights, bit for bit."""
-    from conftest import tiny_run_config
+    from helpers import tiny_run_config
 
     from carseg.train.run import run_config
 
@@ -175,7 +175,7 @@ def test_a_run_never_replaces_another_runs_results(tiny_data: Path, tiny_logdir:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "holds a previous run" in proc.stderr
     assert before == {p: p.stat().st_mtime_ns for p in logdir.rglob("*")}, "the run was touched"
-    from conftest import tiny_run_config
+    from helpers import tiny_run_config
 
     from carseg.train.run import run_config
 

@@ -1,10 +1,12 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace carseg {
 
@@ -32,7 +34,11 @@ struct ArtifactEntry {
   std::string sha256;     // 64 lower-case hex digits
 };
 
-/// manifest.json, parsed and validated once (schema_version 1).
+/// manifest.json, parsed and validated once (schema_version 1). A manifest is untrusted input:
+/// any size, depth, type or value gives a carseg::Error that repeats at most a few dozen
+/// characters of it. The model files it names are another matter: an AOTInductor package is
+/// native code that runs when loaded, so an artifact folder must come from someone you trust
+/// (TorchScript is the safer choice for a folder you did not make).
 class Manifest {
  public:
   /// `path` is an artifact folder or a manifest.json file. Throws carseg::Error.
@@ -59,6 +65,13 @@ class Manifest {
   /// Checks that the artifact's file exists and its sha256 matches; throws carseg::Error
   /// naming the file, the expected and the actual hash.
   void verify_artifact(const std::string& name) const;
+  /// The artifact's file, read once (at most kMaxArtifactBytes) and checked against the
+  /// manifest's sha256: what a backend loads is exactly what was checked, with no second open
+  /// of the path in between. Throws like verify_artifact.
+  [[nodiscard]] std::vector<std::uint8_t> read_verified_artifact(const std::string& name) const;
+
+  /// Largest model file read (this model's are about 60 MB).
+  static constexpr std::int64_t kMaxArtifactBytes = 4LL << 30;
 
  private:
   std::filesystem::path path_;

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <optional>
@@ -44,6 +45,12 @@ struct PipelineOptions {
   std::optional<Background> cutout = Background::kWhite;  // nullopt: masks only
   int jpeg_quality = 95;
   bool write = true;  // false: encode in memory only, write nothing (benchmarks)
+  /// false: a photo whose output names are taken is refused, and nothing already in the output
+  /// folder is ever replaced; true: outputs replace what is there.
+  bool overwrite = false;
+  /// Bytes of decoded photos (and their masks) held at once, however many photos are queued.
+  std::int64_t max_bytes_in_flight = 1LL << 30;
+  std::int64_t max_pixels = kDefaultMaxPixels;  // per photo
   /// Called on the inferring thread after each batch and once at the end (last = true).
   std::function<void(std::size_t done, std::size_t total, std::size_t failed, bool last)> progress;
 };
@@ -71,10 +78,11 @@ struct PipelineReport {
 /// Photos in, a mask (and a cutout) per photo out, at the photo's own resolution: decoding on
 /// worker threads, inference in batches on the calling thread, encoding and writing on worker
 /// threads, all overlapped. Bounded queues and a recycled pool of pixel buffers keep memory
-/// flat however many photos there are. Each output is written under a temporary name and
-/// renamed, so a file that exists is whole. A photo that cannot be read, predicted or written
-/// is that photo's error; the others go on. A photo whose name (stem) repeats an earlier one's
-/// is refused: its outputs would overwrite that one's.
+/// flat however many photos there are (max_bytes_in_flight). Each output is written under a
+/// temporary name and renamed, so a file that exists is whole. A photo that cannot be read,
+/// predicted or written is that photo's error; the others go on. Refused before anything of it
+/// is written: a photo whose name (stem) repeats an earlier one's (its outputs would overwrite
+/// that one's), one whose outputs exist (unless overwrite), one too large for a JPEG cutout.
 class Pipeline {
  public:
   Pipeline(const Predictor& predictor, PipelineOptions options);

@@ -5,6 +5,9 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "carseg/error.h"
 
 #include "carseg/manifest.h"
 #include "carseg/predictor.h"
@@ -35,18 +38,27 @@ struct TorchScriptOptions {
   torch::ScalarType file_dtype = torch::kFloat32;
 };
 
-/// Loads a (frozen) TorchScript file directly onto `device`: frozen files keep weights as
-/// constants, which module.to(device) would not move. Throws carseg::Error.
-[[nodiscard]] std::unique_ptr<Backend> make_torchscript_backend(const std::filesystem::path& file,
-                                                                const torch::Device& device,
-                                                                const TorchScriptOptions& options);
+/// Loads a (frozen) TorchScript model from `bytes` (the file `file`, already read and checked)
+/// directly onto `device`: frozen files keep weights as constants, which module.to(device)
+/// would not move. Throws carseg::Error.
+[[nodiscard]] std::unique_ptr<Backend> make_torchscript_backend(
+    const std::vector<std::uint8_t>& bytes, const std::filesystem::path& file,
+    const torch::Device& device, const TorchScriptOptions& options);
 
 /// Whether this build of libcarseg can load AOTInductor packages (.pt2).
 [[nodiscard]] bool aoti_available();
-/// Loads an AOTInductor package; throws carseg::Error (also when !aoti_available()).
-[[nodiscard]] std::unique_ptr<Backend> make_aoti_backend(const std::filesystem::path& file,
+/// Loads an AOTInductor package from `bytes` (the file `file`, already read and checked): they
+/// are written to a private folder (mode 0700, created exclusively) and loaded from there, so
+/// what is loaded is what was checked. Throws carseg::Error (also when !aoti_available()).
+[[nodiscard]] std::unique_ptr<Backend> make_aoti_backend(const std::vector<std::uint8_t>& bytes,
+                                                         const std::filesystem::path& file,
                                                          const torch::Device& device,
                                                          torch::ScalarType file_dtype);
+
+/// carseg::Error for `file` from what a library threw: "<what failed>: <its first line>", its
+/// whole text (torch's C++ backtrace) kept as the detail.
+[[nodiscard]] Error library_error(const std::string& file, const std::string& what_failed,
+                                  const std::exception& e);
 
 /// The backend policy: which artifact of the manifest to load for these options and device
 /// (an AOTInductor package compiled for this device first when asked for or on auto, falling

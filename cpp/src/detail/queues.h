@@ -56,11 +56,51 @@ class BoundedQueue {
   bool closed_ = false;
 };
 
+/// The bytes of decoded photos a pipeline may hold at once (in its queues, in inference, in
+/// encoding), so that memory stays bounded whatever the photos' sizes: a decoder reserves a
+/// photo's bytes before it decodes it and the encoder gives them back when it is done. A photo
+/// larger than the whole budget is let through when nothing else is held, alone.
+class ByteBudget {
+ public:
+  explicit ByteBudget(std::int64_t limit) : limit_(limit) {}
+  /// Waits until `n` more bytes fit; false (nothing reserved) once closed.
+  bool acquire(std::int64_t n) {
+    std::unique_lock lock(mu_);
+    freed_.wait(lock, [&] { return closed_ || used_ == 0 || used_ + n <= limit_; });
+    if (closed_) return false;
+    used_ += n;
+    return true;
+  }
+  void release(std::int64_t n) {
+    std::lock_guard lock(mu_);
+    used_ -= n;
+    freed_.notify_all();
+  }
+  void close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    freed_.notify_all();
+  }
+  [[nodiscard]] std::int64_t used() const {
+    std::lock_guard lock(mu_);
+    return used_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable freed_;
+  std::int64_t limit_;
+  std::int64_t used_ = 0;
+  bool closed_ = false;
+};
+
 /// Pixel buffers of photos that are done, for the next decode: same-sized photos then decode
 /// into memory that is already mapped instead of fresh pages the kernel must fault in and zero
-/// (7 MB a 1918x1280 photo). Holds at most `capacity` buffers.
+/// (7 MB a 1918x1280 photo). Holds at most `capacity` buffers, none over kMaxPooledBytes (a
+/// huge photo's memory goes back to the system, not into the pool).
 class BufferPool {
  public:
+  static constexpr std::size_t kMaxPooledBytes = 64 << 20;
   explicit BufferPool(std::size_t capacity) : capacity_(capacity) {}
   std::vector<std::uint8_t> take() {
     std::lock_guard lock(mu_);
@@ -70,6 +110,7 @@ class BufferPool {
     return b;
   }
   void give(std::vector<std::uint8_t>&& b) {
+    if (b.capacity() > kMaxPooledBytes) return;
     std::lock_guard lock(mu_);
     if (free_.size() < capacity_) free_.push_back(std::move(b));
   }

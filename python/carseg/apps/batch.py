@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import require_ray
+from carseg.apps._ray import require_ray, stop_on_signals
 from carseg.errors import CarsegError
-from carseg.io.encode import encode_cutout, encode_mask_png, parse_background
+from carseg.io.encode import MAX_JPEG_SIDE, encode_cutout, encode_mask_png, parse_background
 from carseg.io.files import prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import list_photos, outputs_for
@@ -69,8 +69,11 @@ class _PipelineActor:
         from carseg import _native
 
         self.predictor = open_predictor(model_dir, backend="native", device=device)
+        # overwrite: the job owns its output folder; photos whose outputs all exist were
+        # skipped, and what a killed run left of the others is replaced
         self.pipeline = _native.Pipeline(self.predictor, batch=batch_size, workers=1,
-                                         cutout=None if cutout == "none" else cutout)
+                                         cutout=None if cutout == "none" else cutout,
+                                         overwrite=True)
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -86,6 +89,11 @@ def _write(row: dict[str, Any], output: str, cutout: str) -> dict[str, Any]:
         return {"path": row["path"], "status": "failed", "reason": row["error"]}
     photo = Path(row["path"])
     outs = outputs_for(photo, Path(output), cutout)
+    h, w = row["image"].shape[:2]
+    if cutout == "white" and max(h, w) > MAX_JPEG_SIDE:  # refused before anything is written
+        return {"path": row["path"], "status": "failed",
+                "reason": f"{photo}: is {w}x{h}: too large for a JPEG cutout (JPEG's sides are "
+                          f"at most {MAX_JPEG_SIDE} pixels); use --cutout transparent (PNG)"}
     try:
         data = [encode_mask_png(row["mask"])]
         if cutout != "none":
@@ -93,7 +101,7 @@ def _write(row: dict[str, Any], output: str, cutout: str) -> dict[str, Any]:
         # the mask last: a photo counts as done only once every output exists
         for path, blob in reversed(list(zip(outs, data, strict=True))):
             write_atomic(path, blob)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - the photo's error, never the job's
         return {"path": row["path"], "status": "failed", "reason": f"writing outputs: {e}"}
     return {"path": row["path"], "status": "done", "reason": ""}
 
@@ -104,10 +112,12 @@ class Report:
     skipped: list[str] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    error: str = ""  # what stopped the run before it finished, if something did
 
     def to_json(self) -> dict[str, Any]:
         n = len(self.done)
-        return {"done": self.done, "skipped": self.skipped, "failed": self.failed,
+        return {"ok": not self.error and not self.failed, "error": self.error,
+                "done": self.done, "skipped": self.skipped, "failed": self.failed,
                 "counts": {"done": n, "skipped": len(self.skipped), "failed": len(self.failed)},
                 "seconds": round(self.seconds, 2),
                 "images_per_s": round(n / self.seconds, 3) if self.seconds > 0 and n else 0.0}
@@ -115,8 +125,10 @@ class Report:
 
 def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str = "local",
               workers: int = 1, batch_size: int = 4, device: str = "cpu",
-              cutout: str = "white", backend: str = "torchscript", num_cpus: int | None = None
-              ) -> Report:
+              cutout: str = "white", backend: str = "torchscript", num_cpus: int | None = None,
+              handle_signals: bool = False) -> Report:
+    """The job; `handle_signals` (the CLI's, from the main thread): SIGINT and SIGTERM end it
+    through KeyboardInterrupt, so that the Ray it started is shut down."""
     require_ray("Ray Data")
     import ray
     import ray.data
@@ -151,6 +163,8 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
                  if address == "local" else None, include_dashboard=False,
                  logging_level=logging.WARNING)
         started = True
+    if handle_signals:
+        stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = True

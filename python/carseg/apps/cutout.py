@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from carseg.errors import CarsegError
-from carseg.io.encode import encode_cutout, encode_mask_png, parse_background
-from carseg.io.files import prepare_out_dir, write_atomic
+from carseg.errors import CarsegError, DataError
+from carseg.io.encode import MAX_JPEG_SIDE, encode_cutout, encode_mask_png, parse_background
+from carseg.io.files import OutputExists, prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import cutout_path, list_photos, mask_path
 
@@ -42,10 +42,27 @@ class CutoutReport:
         return len(self.done) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _write(path: Path, rgb: np.ndarray, mask: np.ndarray, output: Path, background: str) -> None:
-    cut, _ = encode_cutout(rgb, mask, background)
-    write_atomic(cutout_path(output, path, background), cut)
-    write_atomic(mask_path(output, path), encode_mask_png(mask))
+def _write(path: Path, rgb: np.ndarray, mask: np.ndarray, output: Path, background: str,
+           overwrite: bool) -> None:
+    cut, _ = encode_cutout(rgb, mask, background)  # both encoded before either is written
+    png = encode_mask_png(mask)
+    write_atomic(cutout_path(output, path, background), cut, overwrite)
+    write_atomic(mask_path(output, path), png, overwrite)
+
+
+def refuse_early(photo: Path, rgb_shape: tuple[int, ...], output: Path, background: str,
+                 overwrite: bool) -> None:
+    """What refuses a photo before anything of it is written (as libcarseg's pipeline does):
+    outputs that exist (unless overwrite), a photo too large for a JPEG cutout."""
+    h, w = rgb_shape[:2]
+    if background == "white" and max(h, w) > MAX_JPEG_SIDE:
+        raise DataError(f"{photo}: is {w}x{h}: too large for a JPEG cutout (JPEG's sides are at "
+                        f"most {MAX_JPEG_SIDE} pixels); use --background transparent (PNG)")
+    if not overwrite:
+        for out in (mask_path(output, photo), cutout_path(output, photo, background)):
+            if out.exists() or out.is_symlink():
+                raise OutputExists(f"{photo}: {out} exists, and this run did not write it; not "
+                                   f"replaced (remove it, write elsewhere, or pass --overwrite)")
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -61,7 +78,10 @@ def _is_native(predictor: Any) -> bool:
 
 
 def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str = "white",
-               workers: int = 2, progress: bool = True, batch: int = 8) -> CutoutReport:
+               workers: int = 2, progress: bool = True, batch: int = 8,
+               overwrite: bool = False) -> CutoutReport:
+    """Masks and cutouts of `inputs` in `output`. A photo whose outputs already exist is
+    refused unless `overwrite`: a run never replaces a file it did not write."""
     parse_background(background, field="--background")
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -71,9 +91,10 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
     bar = _progress_bar(len(photos), progress)
     t0 = time.monotonic()
     if _is_native(predictor):
-        _run_native(photos, predictor, output, background, workers, batch, bar, report)
+        _run_native(photos, predictor, output, background, workers, batch, bar, report,
+                    overwrite)
     else:
-        _run_python(photos, predictor, output, background, workers, bar, report)
+        _run_python(photos, predictor, output, background, workers, bar, report, overwrite)
     if bar is not None:
         bar.close()
     report.seconds = time.monotonic() - t0
@@ -81,7 +102,7 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
 
 
 def _run_native(photos: list[Path], predictor: Any, output: Path, background: str, workers: int,
-                batch: int, bar: Any, report: CutoutReport) -> None:
+                batch: int, bar: Any, report: CutoutReport, overwrite: bool) -> None:
     """libcarseg's folder pipeline over the C++ predictor."""
     from carseg import _native
 
@@ -90,7 +111,7 @@ def _run_native(photos: list[Path], predictor: Any, output: Path, background: st
         bar.refresh()
 
     pipeline = _native.Pipeline(predictor, batch=batch, workers=workers, cutout=background,
-                                progress=show if bar is not None else None)
+                                overwrite=overwrite, progress=show if bar is not None else None)
     result = pipeline.run([str(p) for p in photos], str(output))
     for r in result["results"]:
         if r["ok"]:
@@ -100,7 +121,7 @@ def _run_native(photos: list[Path], predictor: Any, output: Path, background: st
 
 
 def _run_python(photos: list[Path], predictor: Any, output: Path, background: str, workers: int,
-                bar: Any, report: CutoutReport) -> None:
+                bar: Any, report: CutoutReport, overwrite: bool) -> None:
     # Separate pools, both bounded: decodes run ahead of the predictor by at most 2*workers
     # photos, and at most 2*workers finished photos wait to be written (each holds a
     # full-resolution image), however fast the predictor is.
@@ -131,6 +152,7 @@ def _run_python(photos: list[Path], predictor: Any, output: Path, background: st
             refill()
             try:
                 rgb = fut.result()
+                refuse_early(path, rgb.shape, output, background, overwrite)
                 mask = np.asarray(predictor.predict(rgb), dtype=np.uint8)
             except (CarsegError, OSError, ValueError, RuntimeError) as e:
                 report.failed.append({"path": str(path), "reason": str(e)})
@@ -138,7 +160,7 @@ def _run_python(photos: list[Path], predictor: Any, output: Path, background: st
                 while len(writes) >= 2 * workers:
                     finish_write()
                 writes.append((path, writers.submit(_write, path, rgb, mask, output,
-                                                    background)))
+                                                    background, overwrite)))
             if bar is not None:
                 bar.update(1)
         while writes:

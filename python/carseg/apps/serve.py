@@ -18,20 +18,22 @@ A bad request never takes a replica down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import logging
-import signal
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import require_ray
+from carseg.apps._ray import require_ray, stop_on_signals
 from carseg.errors import CarsegError, DataError
-from carseg.io.encode import encode_cutout, encode_mask_png, parse_background
-from carseg.io.images import ImageTooLarge, decode_rgb, sniff_format
+from carseg.io.encode import MAX_JPEG_SIDE, encode_cutout, encode_mask_png, parse_background
+from carseg.io.images import ImageTooLarge, decode_rgb, image_header, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
 from carseg.runtime.predictor import open_predictor
 
@@ -42,17 +44,60 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "image/bmp", "image/x-ms-bmp", "image/
 # body's own first bytes decide.
 GENERIC_TYPES = ("", "application/octet-stream", "application/x-www-form-urlencoded")
 MAX_BODY_BYTES = 64 * 2 ** 20
+# Per replica. A photo costs the Python predictors about 20 bytes a pixel at its own
+# resolution (the photo, float copies, logits resized back), so pixels in flight bound memory:
+# at most MAX_PIXELS in one request, PIXEL_BUDGET across the requests being handled at once
+# (one larger than the budget runs alone), and MAX_DECODES decodes at a time.
+MAX_PIXELS = 32_000_000
+PIXEL_BUDGET = 48_000_000
+MAX_DECODES = 2
+
+
+class PixelBudget:
+    """Pixels of the photos a replica holds at once: a request waits for room before it
+    decodes. A photo larger than the whole budget is let through when nothing else is held."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int) -> AsyncIterator[None]:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self.used -= n
+                self._freed.notify_all()
+            if self.used == 0 and n > 4_000_000:
+                give_memory_back()
+
+
+def give_memory_back() -> None:
+    """Return freed heap to the system (glibc keeps it otherwise): after a large photo the
+    replica's memory goes back to what it was."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 class Segmenter:
     """The replica: one predictor, batched prediction, HTTP handling. Used through Ray Serve;
     constructible directly in tests of its request handling."""
 
     def __init__(self, model_dir: str, backend: str = "torchscript", device: str = "cpu",
                  max_batch: int = 8, batch_wait_ms: float = 10.0,
-                 max_body_bytes: int = MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = MAX_BODY_BYTES, max_pixels: int = MAX_PIXELS,
+                 pixel_budget: int = PIXEL_BUDGET) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir).to_json()
         self.predictor = open_predictor(model_dir, backend=backend, device=device)
         self.max_body_bytes = max_body_bytes
+        self.max_pixels = max_pixels
+        self.pixels = PixelBudget(pixel_budget)
+        self.decodes = asyncio.Semaphore(MAX_DECODES)
         self.batch_sizes: Counter[int] = Counter()
         self.requests: Counter[int] = Counter()
         self._configure_batching(max_batch, batch_wait_ms)
@@ -121,20 +166,37 @@ class Segmenter:
         except ValueError as e:
             return err(400, str(e))
         try:
-            rgb = decode_rgb(body, "request body")
+            w, h = image_header(body, "request body")
         except ImageTooLarge as e:
             return err(413, str(e))
         except DataError as e:
             return err(400, str(e))
-        try:
-            mask = await self.predict_one(rgb)
-            if output == "mask":
-                return 200, "image/png", encode_mask_png(mask)
-            data, suffix = encode_cutout(rgb, mask, background)
-        except Exception as e:  # the replica survives a failing request and says why
-            log.exception("request failed")
-            return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
-        return 200, "image/jpeg" if suffix == ".jpg" else "image/png", data
+        if w * h > self.max_pixels:
+            return err(413, f"request body: image too large ({w}x{h}, limit {self.max_pixels} "
+                            f"pixels)")
+        if output == "cutout" and background == "white" and max(w, h) > MAX_JPEG_SIDE:
+            return err(413, f"request body: {w}x{h} is too large for a JPEG cutout (sides at "
+                            f"most {MAX_JPEG_SIDE}); ask for background=transparent")
+        # Decoding and encoding run on worker threads, never on the event loop: a slow photo
+        # does not stall /healthz or the other requests.
+        async with self.pixels.hold(w * h):
+            try:
+                async with self.decodes:
+                    rgb = await asyncio.to_thread(decode_rgb, body, "request body",
+                                                  self.max_pixels)
+            except ImageTooLarge as e:
+                return err(413, str(e))
+            except DataError as e:
+                return err(400, str(e))
+            try:
+                mask = await self.predict_one(rgb)
+                if output == "mask":
+                    return 200, "image/png", await asyncio.to_thread(encode_mask_png, mask)
+                data, suffix = await asyncio.to_thread(encode_cutout, rgb, mask, background)
+            except Exception as e:  # the replica survives a failing request and says why
+                log.exception("request failed")
+                return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
+            return 200, "image/jpeg" if suffix == ".jpg" else "image/png", data
 
 
 def _deployment_class(max_batch: int, batch_wait_ms: float):
@@ -154,7 +216,18 @@ def _deployment_class(max_batch: int, batch_wait_ms: float):
                 # refused before the body is read into memory
                 return Response(f"body of {declared} bytes is over the {self.max_body_bytes} "
                                 f"byte limit\n", status_code=413, media_type="text/plain")
-            body = await request.body() if request.method == "POST" else b""
+            body = b""
+            if request.method == "POST":
+                # read as it comes, refused as soon as it passes the limit: a chunked body
+                # declares no length
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        return Response(f"body over the {self.max_body_bytes} byte limit\n",
+                                        status_code=413, media_type="text/plain")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
             status, ctype, payload = await self.handle(
                 request.method, request.url.path.rstrip("/") or "/", dict(request.query_params),
                 request.headers.get("content-type", ""), body)
@@ -164,10 +237,16 @@ def _deployment_class(max_batch: int, batch_wait_ms: float):
     return SegmenterDeployment
 
 
-def check_artifacts(model_dir: Path, artifact: str) -> None:
+def check_artifacts(model_dir: Path, artifact: str, backend: str = "torchscript",
+                    device: str = "cpu") -> None:
     """Refuse, here and now, a folder the replicas could not load (bad manifest, missing or
-    changed model file) instead of failing inside each replica later."""
+    changed model file, a model the backend cannot load) with the real reason, instead of Ray's
+    "failed to update the deployments" once every replica has failed: the checks, then one
+    trial load in this process, freed at once."""
     model_file(model_dir, load_manifest(model_dir), artifact)
+    predictor = open_predictor(model_dir, backend=backend, device=device)
+    del predictor
+    give_memory_back()
 
 
 def build_app(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
@@ -178,7 +257,8 @@ def build_app(model_dir: str | Path, backend: str = "torchscript", device: str =
     from ray import serve
 
     model_dir = Path(model_dir).resolve()
-    check_artifacts(model_dir, "torchscript" if backend == "native" else backend)
+    check_artifacts(model_dir, "torchscript" if backend == "native" else backend, backend,
+                    device)
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
         raise ValueError(f"replicas and max_batch must be >= 1 and batch_wait_ms >= 0, got "
                          f"{replicas}, {max_batch}, {batch_wait_ms}")
@@ -192,17 +272,6 @@ def build_app(model_dir: str | Path, backend: str = "torchscript", device: str =
     return deployment.bind(str(model_dir), backend, device, max_batch, batch_wait_ms)
 
 
-def _stop_on_signals() -> None:
-    """SIGINT and SIGTERM both end `carseg serve` through KeyboardInterrupt, so that Serve and
-    Ray are shut down either way (a shell starts background jobs with SIGINT ignored, and
-    `kill` sends SIGTERM)."""
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-
-
 def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> None:
     """`carseg serve`: start a local Ray, run the app, block until Ctrl-C or SIGTERM, shut
     down."""
@@ -210,11 +279,11 @@ def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> No
     import ray
     from ray import serve
 
-    _stop_on_signals()
     app = build_app(model_dir, **kwargs)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
+    stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
     try:
         try:
             serve.run(app, name="carseg", route_prefix="/")

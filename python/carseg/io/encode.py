@@ -13,6 +13,7 @@ import numpy as np
 BACKGROUNDS = ("white", "transparent")
 CUTOUT_SUFFIX = {"white": ".jpg", "transparent": ".png"}
 JPEG_QUALITY = 95
+MAX_JPEG_SIDE = 65500  # libjpeg's JPEG_MAX_DIMENSION, libcarseg's kMaxJpegSide
 
 
 def parse_background(value: str, *, allow_none: bool = False, field: str = "background") -> str:

@@ -1,6 +1,12 @@
 """Writing files so that no half-written one is ever seen: everything goes to a fresh temporary
 name in the target folder, then is renamed (staged, write_atomic). Every writer in carseg and
-the exporter goes through here."""
+the exporter goes through here.
+
+The temporary file is created exclusively under an unpredictable name (mkstemp: O_EXCL, so a
+planted symlink is never followed), written through that descriptor where carseg writes it,
+flushed to disk, and only then renamed. With `overwrite=False` the final name is taken only if
+nothing is there (a hard link, which fails on an existing name): a run never replaces a file
+it did not create."""
 
 from __future__ import annotations
 
@@ -39,10 +45,32 @@ def _umask() -> int:
     return mask
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Give a temporary file ordinary permissions (mkstemp makes it 0600), then rename it."""
+class OutputExists(CarsegError, FileExistsError):
+    """The final name is taken, and the caller asked not to replace it."""
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path, overwrite: bool = True) -> None:
+    """Give a temporary file ordinary permissions (mkstemp makes it 0600), flush it, and
+    rename it to `final`; without `overwrite`, refuse (OutputExists) a name that is taken."""
     tmp.chmod(0o666 & ~_umask())
-    tmp.replace(final)
+    _fsync(tmp)
+    if overwrite:
+        tmp.replace(final)
+        return
+    try:
+        os.link(tmp, final)  # atomic: fails if `final` exists, whatever it is
+    except FileExistsError:
+        raise OutputExists(f"{final}: exists, and this run did not write it; not replaced "
+                           f"(remove it, write elsewhere, or pass --overwrite)") from None
+    tmp.unlink()
 
 
 def temp_path(out: Path, final_name: str) -> Path:
@@ -55,20 +83,29 @@ def temp_path(out: Path, final_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def staged(out: Path, final_name: str) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it to out/final_name, else delete it."""
+def staged(out: Path, final_name: str, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path for a writer that takes a path; on success publish it as
+    out/final_name, else delete it."""
     tmp = temp_path(out, final_name)
     try:
         yield tmp
         if not tmp.is_file() or tmp.stat().st_size == 0:
             raise CarsegError(f"{out / final_name}: nothing was written")
-        publish(tmp, out / final_name)
+        publish(tmp, out / final_name, overwrite)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write `data` (text as UTF-8) to a fresh temporary name beside `path`, then rename it
-    over `path`."""
-    with staged(path.parent, path.name) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+def write_atomic(path: Path, data: bytes | str, overwrite: bool = True) -> None:
+    """Write `data` (text as UTF-8) to a fresh temporary name beside `path`, through the
+    descriptor that created it, then publish it as `path` (see publish)."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                                dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        publish(tmp, path, overwrite)
+    finally:
+        tmp.unlink(missing_ok=True)

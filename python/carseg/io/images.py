@@ -1,12 +1,16 @@
 """Reading photos and masks with errors that name the file and what is wrong.
 
-Photos of any common mode (grayscale, palette, RGBA, 16-bit) come back as HxWx3 uint8 RGB;
-masks come back as HxW uint8 in {0, 1}. A file that is missing, empty, truncated, not an
-image, or larger than MAX_PIXELS raises; nothing is silently replaced.
+Photos of any common mode (grayscale, palette, RGBA, CMYK, 16-bit) come back as HxWx3 uint8
+RGB; masks come back as HxW uint8 in {0, 1}. Images are untrusted bytes: only JPEG, PNG, GIF
+and BMP are decoded (what libcarseg decodes), a file must be a regular file of at most
+MAX_FILE_BYTES, an image at most MAX_PIXELS, a JPEG at most MAX_JPEG_SCANS scans, and whatever
+a decoder raises becomes a DataError naming the file. Nothing is silently replaced.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -17,6 +21,11 @@ from PIL import Image, UnidentifiedImageError
 from carseg.errors import DataError
 
 MAX_PIXELS = 80_000_000  # libcarseg's kDefaultMaxPixels: far beyond any photo, far below OOM
+MAX_FILE_BYTES = 256 * 2**20  # libcarseg's kMaxFileBytes: an 80 MP photo is far smaller
+# libcarseg's kMaxJpegScans. A progressive JPEG has about 10 scans; a crafted one can hold
+# thousands, and each costs a pass over the whole image (seconds of decoding for a small file).
+MAX_JPEG_SCANS = 100
+FORMATS = ("JPEG", "PNG", "GIF", "BMP")  # what Pillow may open: the formats libcarseg decodes
 
 
 # The formats carseg decodes, by their first bytes (as libcarseg sniffs them).
@@ -33,49 +42,117 @@ class ImageTooLarge(DataError):
     """An image past MAX_PIXELS (a server answers 413 to it)."""
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
+def read_bytes(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A photo file's bytes: a regular file (a FIFO or a device would block or never end) of at
+    most `limit` bytes, opened without blocking and checked on the open descriptor."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an image") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror or e})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise DataError(f"{path}: is a folder, not an image")
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file (a pipe, device or socket)")
+        if st.st_size > limit:
+            raise DataError(f"{path}: file of {st.st_size} bytes is over the limit of {limit}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{path}: file is over the limit of {limit} bytes")
+    if not data:
         raise DataError(f"{path}: empty file")
+    return data
 
 
-def _open(path: Path, data: bytes | None = None) -> Image.Image:
-    """Open and decode `path`, or `data` (named `path` in messages) when given."""
-    if data is None:
-        _check_file(path)
-    elif not data:
-        raise DataError(f"{path}: empty file")
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """Start-of-scan segments in a JPEG (counting stops past `stop_after`), found by walking
+    its segments: entropy-coded data is skipped to the next marker, and since a 0xFF byte in
+    it is always followed by 0x00 or a restart marker, no marker hides there."""
+    scans, i, size = 0, 2, len(data)
+    while i + 4 <= size and scans <= stop_after:
+        if data[i] != 0xFF:  # not at a marker: resynchronize at the next 0xFF
+            i = data.find(b"\xff", i)
+            if i < 0:
+                break
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+        if marker != 0xDA:
+            continue
+        scans += 1
+        while 0 <= i < size - 1:  # the scan's entropy-coded data, to the next marker
+            i = data.find(b"\xff", i)
+            if i < 0 or (data[i + 1] != 0 and not 0xD0 <= data[i + 1] <= 0xD7):
+                break
+            i += 2
+        if i < 0:
+            break
+    return scans
+
+
+def _open(name: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `data` (named `name` in messages): any failure is a DataError."""
+    if not data:
+        raise DataError(f"{name}: empty file")
+    if data.startswith(b"\xff\xd8\xff") and (n := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise DataError(f"{name}: JPEG with over {MAX_JPEG_SCANS} scans (found {n}); refused "
+                        f"as too costly to decode")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path if data is None else BytesIO(data))
-            if img.width * img.height > MAX_PIXELS:
-                raise ImageTooLarge(f"{path}: image too large ({img.width}x{img.height}, "
-                                f"limit {MAX_PIXELS} pixels)")
+            img = Image.open(BytesIO(data), formats=FORMATS)
+            if img.width * img.height > max_pixels:
+                raise ImageTooLarge(f"{name}: image too large ({img.width}x{img.height}, "
+                                    f"limit {max_pixels} pixels)")
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageTooLarge(f"{path}: image too large (limit {MAX_PIXELS} pixels)") from None
-    except UnidentifiedImageError as e:
-        raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
-    except OSError as e:
-        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+        raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image: not a JPEG, PNG, GIF or BMP") from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - what a decoder raises on hostile bytes varies
+        reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
     return img
+
+
+def _header(name: str | Path, data: bytes) -> tuple[int, int]:
+    """(width, height) from the header of encoded `data`; nothing decoded, any failure a
+    DataError (ImageTooLarge where Pillow refuses the size outright)."""
+    if not data:
+        raise DataError(f"{name}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check
+            with Image.open(BytesIO(data), formats=FORMATS) as img:
+                return img.size
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{name}: not a readable image: not a JPEG, PNG, GIF or BMP") from None
+    except Exception as e:  # noqa: BLE001 - what a parser raises on hostile bytes varies
+        reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file's header, without decoding the pixels."""
     path = Path(path)
-    _check_file(path)
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: not a readable image ({e.__class__.__name__})") from None
-    except OSError as e:
-        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+    return _header(path, read_bytes(path))
 
 
 def _on_white(rgba: np.ndarray) -> np.ndarray:
@@ -106,12 +183,17 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """Read a photo as HxWx3 uint8 RGB (C-contiguous)."""
     path = Path(path)
-    return np.ascontiguousarray(to_rgb(_open(path)))
+    return np.ascontiguousarray(to_rgb(_open(path, read_bytes(path))))
 
 
-def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode an encoded image (JPEG, PNG, BMP, GIF, ...) held in memory to HxWx3 uint8 RGB."""
-    return np.ascontiguousarray(to_rgb(_open(Path(name), data)))
+def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image (JPEG, PNG, BMP or GIF) held in memory to HxWx3 uint8 RGB."""
+    return np.ascontiguousarray(to_rgb(_open(Path(name), data, max_pixels)))
+
+
+def image_header(data: bytes, name: str = "<bytes>") -> tuple[int, int]:
+    """(width, height) of an encoded image held in memory, from its header alone."""
+    return _header(name, data)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -121,7 +203,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     a mask whose largest value is 1 is taken as is, otherwise values above 127 are the car.
     """
     path = Path(path)
-    img = _open(path)
+    img = _open(path, read_bytes(path))
     a = np.asarray(img.convert("L") if img.mode not in ("L", "P", "1") else img)
     if img.mode == "P":
         # palette indices: map through the palette's grey value, unless indices are 0/1

@@ -37,7 +37,9 @@ def list_photos(inputs: list[Path], output: Path | None = None
 
     In a folder that is also the output folder, the run's own outputs (`*_mask.*`,
     `*_cutout.*`) are not photos: a second run must not segment the first run's cutouts. Two
-    photos with one stem would write the same outputs: the later one is a failure.
+    photos with one stem would write the same outputs: the later one is a failure. A photo
+    keeps the name the user gave it (a symbolic link names its outputs, not its target); a
+    file that is not a regular one (a pipe, a device) is a failure, never opened.
     """
     out_dir = output.resolve() if output is not None else None
     photos, failed = [], []
@@ -49,6 +51,9 @@ def list_photos(inputs: list[Path], output: Path | None = None
                              and not (ours and is_output_name(q)))
         elif p.is_file():
             photos.append(p)
+        elif p.exists():
+            failed.append({"path": str(p), "reason": "not a regular file (a pipe, device or "
+                                                     "socket)"})
         else:
             failed.append({"path": str(p), "reason": "no such file or folder"})
     stems: dict[str, Path] = {}
@@ -59,5 +64,5 @@ def list_photos(inputs: list[Path], output: Path | None = None
                            f"outputs would collide"})
             continue
         stems[p.stem] = p
-        unique.append(p.resolve())
+        unique.append(p.absolute())
     return unique, failed

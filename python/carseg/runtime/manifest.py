@@ -3,8 +3,14 @@
 The manifest is the only thing a consumer needs besides the model file. It is a frozen
 dataclass here; `load_manifest` checks the schema version and names any field that is
 missing, unknown or of the wrong type, so a consumer never gets a half-understood folder;
-`model_file` hands out an artifact's file only after its sha256 matched. The writer lives with
-the exporter (export.manifest), which imports this.
+`model_bytes` hands out an artifact's bytes only after their sha256 matched. The writer lives
+with the exporter (export.manifest), which imports this.
+
+A manifest is untrusted input: at most MAX_MANIFEST_BYTES and MAX_DEPTH levels of nesting,
+every field checked for type and range, and an error message repeats at most a few dozen
+characters of it. The model files it names are another matter: an AOTInductor package is native
+code that runs when it is loaded, so an artifact folder must come from someone you trust;
+TorchScript (and ONNX) is the safer choice for a folder you did not make.
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from carseg.errors import CarsegError
-from carseg.runtime.preprocess import PreprocessSpec
+from carseg.errors import CarsegError, DataError
+from carseg.io.images import read_bytes
+from carseg.runtime.preprocess import PreprocessSpec, bounded_names
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20  # libcarseg's limit too: a manifest is a few kilobytes
+MAX_DEPTH = 16  # the schema needs 5
+MAX_ARTIFACT_BYTES = 4 << 30  # libcarseg's Manifest::kMaxArtifactBytes
 
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}
@@ -71,7 +81,7 @@ def _check_fields(where: str, d: Any, fields: dict[str, Any],
         raise ValueError(f"{where}: missing field(s) {missing}")
     unknown = sorted(set(d) - set(fields) - set(optional))
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}")
+        raise ValueError(f"{where}: unknown field(s) {bounded_names(unknown)}")
     for k, t in {**fields, **optional}.items():
         if k not in d:
             continue
@@ -110,8 +120,8 @@ class Manifest:
         if not isinstance(d, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"{source}: schema_version {version!r} is not supported "
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise ValueError(f"{source}: schema_version {version!r:.60} is not supported "
                              f"(this reader knows schema_version {SCHEMA_VERSION})")
         _check_fields(source, d, _TOP)
         _check_fields(f"{source}: model", d["model"], _MODEL)
@@ -125,19 +135,21 @@ class Manifest:
         for name, a in d["artifacts"].items():
             where = f"{source}: artifacts.{name}"
             if name not in FORMATS:
-                raise ValueError(f"{source}: artifacts: unknown artifact {name!r}; "
+                raise ValueError(f"{source}: artifacts: unknown artifact {name!r:.60}; "
                                  f"expected one of {sorted(FORMATS)}")
             _check_fields(where, a, _ARTIFACT, _ARTIFACT_OPTIONAL)
             if a["format"] != name:
-                raise ValueError(f"{where}.format: expected {name!r}, got {a['format']!r}")
+                raise ValueError(f"{where}.format: expected {name!r}, got {a['format']!r:.60}")
             if a["precision"] not in PRECISIONS:
                 raise ValueError(f"{where}.precision: expected one of {sorted(PRECISIONS)}, "
-                                 f"got {a['precision']!r}")
-            if Path(a["file"]).name != a["file"]:
+                                 f"got {a['precision']!r:.60}")
+            if not a["file"] or len(a["file"]) > 255 or Path(a["file"]).name != a["file"] \
+                    or a["file"] in (".", ".."):
                 raise ValueError(f"{where}.file: expected a file name in the folder, "
-                                 f"got {a['file']!r}")
-            if len(a["sha256"]) != 64:
-                raise ValueError(f"{where}.sha256: expected 64 hex digits, got {a['sha256']!r}")
+                                 f"got {a['file']!r:.60}")
+            if len(a["sha256"]) != 64 or set(a["sha256"]) - set("0123456789abcdef"):
+                raise ValueError(f"{where}.sha256: expected 64 hex digits, got "
+                                 f"{a['sha256']!r:.60}")
             _check_fields(f"{where}.dynamic", a["dynamic"], {"batch": bool, "spatial": bool})
             if a["parity"] is not None:
                 _check_fields(f"{where}.parity", a["parity"], _PARITY)
@@ -180,23 +192,51 @@ def load_manifest(path: str | Path) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest (export the model with `python -m "
                                 f"export` first)")
+    data = read_bytes(path, MAX_MANIFEST_BYTES)  # a regular file, and not a huge one
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    if _depth(d) > MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     return Manifest.from_json(d, source=str(path))
 
 
-def model_file(model_dir: str | Path, manifest: Manifest, name: str) -> Path:
-    """The file of artifact `name`, after checking it exists and its sha256 is the manifest's:
-    a consumer never loads a model the manifest does not describe."""
+def _depth(value: Any) -> int:
+    """How deeply JSON containers nest in `value` (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in v if isinstance(x, (dict, list)))
+    return deepest
+
+
+def model_bytes(model_dir: str | Path, manifest: Manifest, name: str) -> tuple[Path, bytes]:
+    """The file of artifact `name` and its bytes, read once and checked against the manifest's
+    sha256: a consumer loads exactly the bytes that were checked (no second open of the path),
+    and never a model the manifest does not describe."""
     source = str(Path(model_dir) / MANIFEST_NAME)
     entry = manifest.artifact(name, source=source)
     path = Path(model_dir) / entry["file"]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file named in {source} not found")
-    actual = sha256_file(path)
+    try:
+        data = read_bytes(path, MAX_ARTIFACT_BYTES)
+    except DataError as e:
+        raise CarsegError(str(e)) from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != entry["sha256"]:
         raise CarsegError(f"{path}: sha256 mismatch: manifest expects {entry['sha256']}, file "
                           f"has {actual}; refusing to load a model the manifest does not describe")
-    return path
+    return path, data
+
+
+def model_file(model_dir: str | Path, manifest: Manifest, name: str) -> Path:
+    """model_bytes's path alone: the artifact's file, checked."""
+    return model_bytes(model_dir, manifest, name)[0]

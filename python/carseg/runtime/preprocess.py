@@ -16,6 +16,7 @@ the photo's own height and width, then sigmoid and threshold.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIZE = 8192  # libcarseg refuses a larger preprocessing.size too
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,24 @@ class PreprocessSpec:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.size < 32 or self.size % 32:
-            raise ValueError(f"image size must be a positive multiple of 32, got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean}, {self.std}")
+        # Values may come from an untrusted manifest: each is checked for type and range, and a
+        # message repeats at most a few dozen characters of it.
+        if not isinstance(self.size, int) or isinstance(self.size, bool):
+            raise ValueError(f"size: expected an integer, got {self.size!r:.60}")
+        if self.size < 32 or self.size % 32 or self.size > MAX_SIZE:
+            raise ValueError(f"image size must be a positive multiple of 32 up to {MAX_SIZE}, "
+                             f"got {self.size}")
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if not isinstance(v, tuple) or len(v) != 3 or not all(_finite(x) for x in v):
+                raise ValueError(f"{name}: expected 3 finite numbers (RGB), got {v!r:.60}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be positive, got {self.std}")
+        if not _finite(self.max_pixel_value) or not 0 < self.max_pixel_value <= 65535:
+            raise ValueError(f"max_pixel_value: expected a number in (0, 65535], got "
+                             f"{self.max_pixel_value!r:.60}")
+        if not _finite(self.pad_value) or not 0 <= self.pad_value <= 65535:
+            raise ValueError(f"pad_value: expected a number in [0, 65535], got "
+                             f"{self.pad_value!r:.60}")
 
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
         """(h', w') after fitting the longest side to `size`."""
@@ -64,15 +78,29 @@ class PreprocessSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PreprocessSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"expected an object, got {type(d).__name__}")
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"preprocessing: unknown field(s) {unknown}")
+            raise ValueError(f"preprocessing: unknown field(s) {bounded_names(unknown)}")
         d = dict(d)
         for k in ("mean", "std"):
             if k in d:
-                d[k] = tuple(float(v) for v in d[k])
+                if not isinstance(d[k], list) or len(d[k]) != 3:
+                    raise ValueError(f"{k}: expected 3 numbers (RGB), got {d[k]!r:.60}")
+                d[k] = tuple(d[k])
         return cls(**d)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def bounded_names(names: list[str], most: int = 5) -> str:
+    """A bounded list of names for a message: the first few, each cut short, and the count."""
+    shown = [n if len(n) <= 40 else n[:40] + "..." for n in names[:most]]
+    return str(shown) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _check_image(image: torch.Tensor) -> None:

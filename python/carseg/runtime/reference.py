@@ -13,9 +13,13 @@ torch._inductor.aoti_load_package.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 
 from carseg.errors import CarsegError
-from carseg.runtime.manifest import load_manifest, model_file
+from carseg.runtime.manifest import load_manifest, model_bytes
 from carseg.runtime.preprocess import mask_from_logits, postprocess_logits, preprocess_batch
 
 log = logging.getLogger(__name__)
@@ -45,20 +49,23 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def load_backend(path: str | Path, backend: str, device: str | torch.device = "cpu",
-                 compiled_for: str = "cpu") -> Runner:
+                 compiled_for: str = "cpu", data: bytes | None = None) -> Runner:
     """A function float [N,3,H,W] (on `device`, the artifact's dtype) -> logits [N,1,H,W].
 
     `compiled_for` is the manifest's artifact device: an AOTInductor package runs only there.
+    `data`: the file's bytes, already read and checked (model_bytes): the model is loaded from
+    them, and `path` only names it.
     """
     path = Path(path)
     dev = _device(device)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     if backend == "torchscript":
         try:
             with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated
                 warnings.simplefilter("ignore", FutureWarning)
-                module = torch.jit.load(str(path), map_location=dev)
+                module = torch.jit.load(io.BytesIO(data) if data is not None else str(path),
+                                        map_location=dev)
         except Exception as e:
             raise CarsegError(f"{path}: cannot load as TorchScript ({_first_line(e)})") from None
         module.eval()
@@ -83,7 +90,8 @@ def load_backend(path: str | Path, backend: str, device: str | torch.device = "c
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         try:
-            session = ort.InferenceSession(str(path), opts, providers=providers)
+            session = ort.InferenceSession(data if data is not None else str(path), opts,
+                                           providers=providers)
         except Exception as e:
             raise CarsegError(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
         in_name = session.get_inputs()[0].name
@@ -99,7 +107,10 @@ def load_backend(path: str | Path, backend: str, device: str | torch.device = "c
             raise CarsegError(f"{path}: compiled for {compiled_for}, cannot run on {dev}; "
                               f"export it again with --device {dev.type}")
         try:
-            runner = torch._inductor.aoti_load_package(str(path))
+            with _private_copy(path, data) as package:
+                runner = torch._inductor.aoti_load_package(str(package))
+        except CarsegError:
+            raise
         except Exception as e:
             raise CarsegError(f"{path}: cannot load as an AOTInductor package "
                               f"({_first_line(e)})") from None
@@ -111,6 +122,21 @@ def load_backend(path: str | Path, backend: str, device: str | torch.device = "c
 
         return run_aoti
     raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+
+
+@contextlib.contextmanager
+def _private_copy(path: Path, data: bytes | None) -> Iterator[Path]:
+    """`data` as a file in a fresh private folder (mode 0700), for a loader that takes a path:
+    the path it opens holds exactly the bytes that were checked. Removed once loaded."""
+    if data is None:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="carseg-aoti-") as folder:
+        copy = Path(folder) / "model.pt2"
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield copy
 
 
 def _first_line(e: BaseException) -> str:
@@ -139,8 +165,9 @@ class ReferencePredictor:
         if self.dtype is None:
             raise ValueError(f"{source}: input.dtype: expected one of {sorted(_DTYPES)}, got "
                              f"{self.manifest.input['dtype']!r}")
-        self.path = model_file(self.model_dir, self.manifest, backend)
-        self._run = load_backend(self.path, backend, self.device, self.artifact["device"])
+        self.path, data = model_bytes(self.model_dir, self.manifest, backend)
+        self._run = load_backend(self.path, backend, self.device, self.artifact["device"],
+                                 data=data)
         self.dynamic_batch = bool(self.artifact["dynamic"]["batch"])
 
     def __repr__(self) -> str:
