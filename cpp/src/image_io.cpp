@@ -176,6 +176,27 @@ std::uint32_t be32(const std::uint8_t* p) {
   return (std::uint32_t{p[0]} << 24) | (std::uint32_t{p[1]} << 16) | (std::uint32_t{p[2]} << 8) | p[3];
 }
 
+// The checksums of a PNG's chunks before its image data, as Pillow checks them: a PNG whose
+// header is damaged is corrupt in C++ as in Python (stb reads past a bad checksum).
+void check_png_checksums(std::span<const std::uint8_t> b, const std::string& name) {
+  std::size_t at = 8;  // after the signature
+  while (at + 12 <= b.size()) {
+    const std::uint32_t length = be32(&b[at]);
+    if (length > b.size() - at - 12) return;  // truncated: stb says so
+    const std::uint8_t* type = &b[at + 4];
+    if (std::memcmp(type, "IDAT", 4) == 0) return;
+    const auto crc = static_cast<std::uint32_t>(crc32(0, type, static_cast<uInt>(length) + 4));
+    if (crc != be32(&b[at + 8 + length])) {
+      const bool named = std::all_of(type, type + 4, [](std::uint8_t c) {
+        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+      });
+      throw Error(name, "corrupt PNG: bad checksum in its " +
+                            (named ? std::string(type, type + 4) + " chunk" : std::string("header")));
+    }
+    at += 12 + std::size_t{length};
+  }
+}
+
 // Width and height from the header, read before stb so that the pixel limit is checked first
 // (stb refuses large headers with only "unknown image type").
 void check_header_size(std::span<const std::uint8_t> b, Format f, const std::string& name,
@@ -196,6 +217,7 @@ void check_header_size(std::span<const std::uint8_t> b, Format f, const std::str
     h = std::llabs(static_cast<long long>(le32(22)));  // negative: top-down rows
   }
   if (w > 0 && h > 0) check_pixels(name, w, h, max_pixels);
+  if (f == Format::kPng) check_png_checksums(b, name);
 }
 
 Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const char* kind,

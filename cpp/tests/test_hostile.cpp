@@ -194,6 +194,22 @@ TEST(HostileImage, PeekReadsTheHeaderAlone) {
                {"x.gif"});
 }
 
+// Pillow refuses a PNG whose chunks before the image data fail their checksum; stb would read
+// past it. Both sides must call it corrupt.
+TEST(HostileImage, PngWithABadHeaderChecksumIsCorrupt) {
+  const auto png = carseg::encode_png(gradient(40, 30).pixels.data(), 40, 30, 3);
+  EXPECT_EQ(carseg::decode_image(png, "good.png").width, 40);
+  auto bad = png;
+  bad[29] ^= 0xff;  // the last byte of IHDR's checksum (8 signature + 4 length + 4 type + 13)
+  expect_error([&] { (void)carseg::decode_image(bad, "bad.png"); },
+               {"bad.png", "corrupt PNG: bad checksum in its IHDR chunk"});
+  expect_error([&] { (void)carseg::peek_image(bad, "bad.png"); }, {"bad.png", "IHDR"});
+  auto unnamed = png;
+  unnamed[12] = 0x01;  // a chunk type that is not letters: not echoed
+  expect_error([&] { (void)carseg::decode_image(unnamed, "odd.png"); },
+               {"odd.png", "bad checksum in its header"});
+}
+
 // ---- untrusted paths
 
 TEST(HostilePath, NoOverwriteLeavesWhateverIsThereAlone) {

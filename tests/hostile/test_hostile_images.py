@@ -62,6 +62,24 @@ def test_each_bad_photo_is_its_own_error_and_the_rest_go_on(backend: str, hostil
         "cmyk_cutout.png", "cmyk_mask.png", "good_cutout.png", "good_mask.png"]
 
 
+@pytest.mark.parametrize("backend", PIPELINES)
+def test_a_png_with_a_bad_header_checksum_is_corrupt_in_cpp_and_python(
+        backend: str, hostile_images, tmp_path: Path, capsys, tiny_artifacts: Path) -> None:
+    """Pillow checks the checksums before the image data; libcarseg must give the same answer
+    (stb alone would decode the file)."""
+    Image.open(hostile_images["good.jpg"]).save(tmp_path / "good.png")
+    bad = bytearray((tmp_path / "good.png").read_bytes())
+    bad[29] ^= 0xFF  # IHDR's checksum
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad_crc.png").write_bytes(bytes(bad))
+    assert carseg_main(["cutout", str(tmp_path / "in" / "bad_crc.png"), "--model",
+                        str(tiny_artifacts), "--output", str(tmp_path / "out"), "--backend",
+                        backend]) == 1
+    err = capsys.readouterr().err
+    assert "bad_crc.png: corrupt" in err, err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 @pytest.mark.skipif(not native_built(), reason="carseg._native is not built")
 def test_a_cmyk_jpeg_gets_the_same_pixels_from_cpp_and_python(hostile_images,
                                                               tmp_path: Path,

@@ -121,13 +121,23 @@ def _open(name: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not a readable image: not a JPEG, PNG, GIF or BMP") from None
+        raise DataError(_unidentified(name, data)) from None
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - what a decoder raises on hostile bytes varies
         reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
     return img
+
+
+def _unidentified(name: str | Path, data: bytes) -> str:
+    """The error for bytes Pillow cannot open: corrupt where they carry a signature carseg
+    decodes (a PNG with a bad header checksum), else not an image carseg reads."""
+    kind = sniff_format(data)
+    if kind is not None:
+        return (f"{name}: corrupt or truncated image (a {kind.removeprefix('image/').upper()} "
+                f"whose header cannot be read)")
+    return f"{name}: not a readable image: not a JPEG, PNG, GIF or BMP"
 
 
 def _header(name: str | Path, data: bytes) -> tuple[int, int]:
@@ -143,7 +153,7 @@ def _header(name: str | Path, data: bytes) -> tuple[int, int]:
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
     except UnidentifiedImageError:
-        raise DataError(f"{name}: not a readable image: not a JPEG, PNG, GIF or BMP") from None
+        raise DataError(_unidentified(name, data)) from None
     except Exception as e:  # noqa: BLE001 - what a parser raises on hostile bytes varies
         reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
