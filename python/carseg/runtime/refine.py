@@ -7,8 +7,12 @@ function of the photo's colour, so the result follows the photo's own edges. The
 (He and Sun, 2015) fits at 1/`subsample` of the photo's size and applies the upsampled
 coefficients to the full-resolution photo.
 
-This is the Python reference; `benchmarks/refine_study.py` measures it against the plain resize
-(radius 64 px, eps 1e-4, subsample 8 was the best of the variants tried there).
+This is the Python reference; `benchmarks/refine_study.py` measures it against the plain resize.
+Over 16 held-out synthetic photos of 1918x1280 and the demo's 128 px model, the colour guide with
+radius 64 px and eps 1e-4 gave the most (Dice 0.962 -> 0.977, boundary F1 within 2 px 0.17 ->
+0.62), as much at subsample 8 or 16 as at full resolution, in about 1/70 of the time. Where the
+model is right to within the radius it reaches Dice 0.995; where it misses a part of the car
+that looks like the wall (a white roof on a white wall), no filter brings it back.
 """
 
 from __future__ import annotations
