@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, required=True,
                     help="a synth/Carvana folder: train/*.jpg and train_masks/*_mask.gif")
     ap.add_argument("--num", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=7,
+                    help="the seed --data was drawn with, for the results page")
     ap.add_argument("--commit", action="store_true",
                     help="write to benchmarks/results/<device>/ (default: out/benchmarks/)")
     args = ap.parse_args(argv)
@@ -171,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
              "the photos; refinement time alone, median, one thread pool of "
              f"{torch.get_num_threads()}. Command: `python -m benchmarks.refine_study "
              f"--artifacts {args.artifacts} --data {args.data} --num {args.num}`, after "
-             f"`carseg synth --out {args.data} --num 16 --size 1280x1918 --seed 7` (the demo "
-             "trains on seed 0).", "",
+             f"`carseg synth --out {args.data} --num {len(photos)} --size {h}x{w} --seed "
+             f"{args.seed}` (the demo trains on seed 0).", "",
              "| refinement | Dice | boundary F1 (2 px) | ms a photo |",
              "| --- | ---: | ---: | ---: |"]
     for name, s in summary.items():

@@ -185,7 +185,7 @@ void check_png_checksums(std::span<const std::uint8_t> b, const std::string& nam
     if (length > b.size() - at - 12) return;  // truncated: stb says so
     const std::uint8_t* type = &b[at + 4];
     if (std::memcmp(type, "IDAT", 4) == 0) return;
-    const auto crc = static_cast<std::uint32_t>(crc32(0, type, static_cast<uInt>(length) + 4));
+    const auto crc = static_cast<std::uint32_t>(crc32_z(0, type, std::size_t{length} + 4));
     if (crc != be32(&b[at + 8 + length])) {
       const bool named = std::all_of(type, type + 4, [](std::uint8_t c) {
         return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
@@ -216,8 +216,8 @@ void check_header_size(std::span<const std::uint8_t> b, Format f, const std::str
     w = le32(18);
     h = std::llabs(static_cast<long long>(le32(22)));  // negative: top-down rows
   }
+  if (f == Format::kPng) check_png_checksums(b, name);  // first, as Pillow: corrupt, not large
   if (w > 0 && h > 0) check_pixels(name, w, h, max_pixels);
-  if (f == Format::kPng) check_png_checksums(b, name);
 }
 
 Image decode_stb(std::span<const std::uint8_t> bytes, const std::string& name, const char* kind,

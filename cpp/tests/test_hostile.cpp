@@ -200,10 +200,15 @@ TEST(HostileImage, PngWithABadHeaderChecksumIsCorrupt) {
   const auto png = carseg::encode_png(gradient(40, 30).pixels.data(), 40, 30, 3);
   EXPECT_EQ(carseg::decode_image(png, "good.png").width, 40);
   auto bad = png;
-  bad[29] ^= 0xff;  // the last byte of IHDR's checksum (8 signature + 4 length + 4 type + 13)
+  bad[29] ^= 0xff;  // the first byte of IHDR's checksum (8 signature + 4 length + 4 type + 13)
   expect_error([&] { (void)carseg::decode_image(bad, "bad.png"); },
                {"bad.png", "corrupt PNG: bad checksum in its IHDR chunk"});
   expect_error([&] { (void)carseg::peek_image(bad, "bad.png"); }, {"bad.png", "IHDR"});
+  auto huge = bad;  // and a damaged header claiming 100,000 x 100,000: corrupt, as in Pillow
+  for (int i = 0; i < 2; ++i) {
+    huge[16 + 4 * i] = 0x00, huge[17 + 4 * i] = 0x01, huge[18 + 4 * i] = 0x86, huge[19 + 4 * i] = 0xa0;
+  }
+  expect_error([&] { (void)carseg::decode_image(huge, "huge.png"); }, {"huge.png", "corrupt PNG"});
   auto unnamed = png;
   unnamed[12] = 0x01;  // a chunk type that is not letters: not echoed
   expect_error([&] { (void)carseg::decode_image(unnamed, "odd.png"); },

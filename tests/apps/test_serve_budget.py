@@ -70,3 +70,50 @@ def test_memory_is_given_back_when_the_last_holder_leaves_after_a_large_photo(
         assert trims == [0]
 
     asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_a_cancelled_request_holds_its_share_until_its_thread_lets_go() -> None:
+    """A client that hangs up mid-decode: the request is cancelled, but the decode thread
+    still holds the photo, so the budget must too (else hung-up requests get past it)."""
+    import threading
+
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow_decode() -> str:
+        started.set()
+        release.wait(5)
+        return "pixels"
+
+    async def scenario() -> None:
+        budget = serve.PixelBudget(100)
+
+        async def request() -> None:
+            async with budget.hold(60):
+                await serve.finish(asyncio.to_thread(slow_decode))
+
+        task = asyncio.create_task(request())
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done() and budget.used == 60  # the thread still has the photo
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert budget.used == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 5))
+
+
+def test_finish_gives_the_result_or_the_error() -> None:
+    async def scenario() -> None:
+        assert await serve.finish(asyncio.to_thread(lambda: 7)) == 7
+        with pytest.raises(ValueError, match="bad photo"):
+            await serve.finish(asyncio.to_thread(_raise, ValueError("bad photo")))
+
+    asyncio.run(scenario())
+
+
+def _raise(e: Exception) -> None:
+    raise e

@@ -78,7 +78,26 @@ class PixelBudget:
                     self._large_since_trim = False
                 self._freed.notify_all()
             if idle:  # the last holder out after a large photo, whichever photo it was
-                give_memory_back()
+                await asyncio.to_thread(give_memory_back)  # off the loop: it can take a while
+
+
+async def finish(work: Any) -> Any:
+    """Await `work` (a coroutine or future) to its end even when the request awaiting it is
+    cancelled (a client that hangs up), then raise the cancellation: what the request holds
+    (its share of the pixel budget, a decode slot) is let go only once the thread or the batch
+    has let go of the photo, so hung-up requests cannot get past the limits."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody is left to receive it
+        raise asyncio.CancelledError
+    return task.result()
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -88,7 +107,7 @@ def map_large_buffers(threshold: int = 1 << 20) -> None:
     """Serve buffers of `threshold` bytes and more (photos, their float copies) from mappings
     of their own, unmapped when freed. glibc otherwise raises this threshold to 32 MiB after
     the first large free, and photo-sized buffers then fragment its heaps: after 1,000 mixed
-    requests a replica kept 12% more memory than after warm-up, and under 3% with this
+    requests a replica kept 12% more memory than after warm-up, and 2-3% with this
     (measured by benchmarks/serve_load.py)."""
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
@@ -185,8 +204,9 @@ class Segmenter:
             parse_background(background)
         except ValueError as e:
             return err(400, str(e))
-        try:
-            w, h = image_header(body, "request body")
+        try:  # a header can be slow to parse too (a PNG of a million chunks): not on the loop
+            async with self.decodes:
+                w, h = await finish(asyncio.to_thread(image_header, body, "request body"))
         except ImageTooLarge as e:
             return err(413, str(e))
         except DataError as e:
@@ -198,21 +218,24 @@ class Segmenter:
             return err(413, f"request body: {w}x{h} is too large for a JPEG cutout (sides at "
                             f"most {MAX_JPEG_SIDE}); ask for background=transparent")
         # Decoding and encoding run on worker threads, never on the event loop: a slow photo
-        # does not stall /healthz or the other requests.
+        # does not stall /healthz or the other requests. A request that is cancelled keeps
+        # its share of the budget until its thread is done (finish).
         async with self.pixels.hold(w * h):
             try:
                 async with self.decodes:
-                    rgb = await asyncio.to_thread(decode_rgb, body, "request body",
-                                                  self.max_pixels)
+                    rgb = await finish(asyncio.to_thread(decode_rgb, body, "request body",
+                                                         self.max_pixels))
             except ImageTooLarge as e:
                 return err(413, str(e))
             except DataError as e:
                 return err(400, str(e))
             try:
-                mask = await self.predict_one(rgb)
+                mask = await finish(self.predict_one(rgb))
                 if output == "mask":
-                    return 200, "image/png", await asyncio.to_thread(encode_mask_png, mask)
-                data, suffix = await asyncio.to_thread(encode_cutout, rgb, mask, background)
+                    return 200, "image/png", await finish(asyncio.to_thread(encode_mask_png,
+                                                                            mask))
+                data, suffix = await finish(asyncio.to_thread(encode_cutout, rgb, mask,
+                                                              background))
             except Exception as e:  # the replica survives a failing request and says why
                 log.exception("request failed")
                 return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
