@@ -5,7 +5,8 @@
 One replica on a free port; 4 clients send `--requests` requests in all, drawn in a fixed order
 from: photos (the demo's size and a few large ones), truncated and empty bodies, text, a
 TIFF, a JPEG of 3,000 scans, a PNG header claiming 100,000 x 100,000 pixels, a declared
-length over the limit, and a chunked body over the limit. Meanwhile a prober asks /healthz
+length over the limit, a chunked body over the limit, and a large photo whose client hangs up
+once it is sent (no answer read: code 0). Meanwhile a prober asks /healthz
 every 100 ms, and the replica's resident memory is sampled. It reports the status codes (no
 5xx is the bar), the slowest /healthz answer (1 s is the bar), the replica's memory after
 warm-up, at its peak, and once the load has stopped (within 10% of after warm-up is the bar),
@@ -45,7 +46,8 @@ def _jpeg(rgb: np.ndarray, **kw: Any) -> bytes:
 
 
 def bodies(photo: Path) -> list[tuple[str, bytes, str, bool]]:
-    """(kind, body, content type, chunked) for each kind of request."""
+    """(kind, body, content type, how it is sent: plain, chunked or hang up) for each kind of
+    request."""
     rgb = np.asarray(Image.open(photo).convert("RGB"))
     good = _jpeg(rgb)
     big = _jpeg(np.asarray(Image.fromarray(rgb).resize((4800, 3200))))  # 15 MP
@@ -58,24 +60,26 @@ def bodies(photo: Path) -> list[tuple[str, bytes, str, bool]]:
     huge[29:33] = struct.pack(">I", zlib.crc32(bytes(huge[12:29])))  # a valid IHDR checksum
     tiff = io.BytesIO()
     Image.fromarray(rgb[:64, :64]).save(tiff, format="TIFF")
-    return [("photo", good, "image/jpeg", False), ("photo, no content type", good, "", False),
-            ("large photo", big, "image/jpeg", False), ("truncated", good[:500], "image/jpeg",
-                                                         False),
-            ("empty", b"", "image/png", False), ("text", b"not an image\n" * 10, "text/plain",
-                                                 False),
-            ("tiff", tiff.getvalue(), "application/octet-stream", False),
-            ("3000 scans", scans, "image/jpeg", False),
-            ("100k x 100k header", bytes(huge), "image/png", False),
-            ("chunked, over the limit", b"\xff" * (70 << 20), "image/jpeg", True)]
+    return [("photo", good, "image/jpeg", "plain"), ("photo, no content type", good, "", "plain"),
+            ("large photo", big, "image/jpeg", "plain"),
+            ("truncated", good[:500], "image/jpeg", "plain"),
+            ("empty", b"", "image/png", "plain"),
+            ("text", b"not an image\n" * 10, "text/plain", "plain"),
+            ("tiff", tiff.getvalue(), "application/octet-stream", "plain"),
+            ("3000 scans", scans, "image/jpeg", "plain"),
+            ("100k x 100k header", bytes(huge), "image/png", "plain"),
+            ("chunked, over the limit", b"\xff" * (70 << 20), "image/jpeg", "chunked"),
+            ("large photo, client hangs up", big, "image/jpeg", "hang up")]
 
 
-def request(port: int, body: bytes, ctype: str, chunked: bool) -> int:
+def request(port: int, body: bytes, ctype: str, how: str) -> int:
+    """Send one request; its status code, or 0 for a client that hung up unanswered."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         conn.putrequest("POST", "/v1/segment")
         if ctype:
             conn.putheader("Content-Type", ctype)
-        if chunked:
+        if how == "chunked":
             conn.putheader("Transfer-Encoding", "chunked")
             conn.endheaders()
             step = 1 << 20
@@ -90,11 +94,35 @@ def request(port: int, body: bytes, ctype: str, chunked: bool) -> int:
             conn.putheader("Content-Length", str(len(body)))
             conn.endheaders()
             conn.send(body)
+            if how == "hang up":
+                time.sleep(0.2)  # the replica is decoding by now
+                return 0
         r = conn.getresponse()
         r.read()
         return r.status
     finally:
         conn.close()
+
+
+def _wait_until_idle(port: int, quiet_s: float = 3.0, most_s: float = 120.0) -> float:
+    """Seconds until the replica's count of finished requests (/v1/stats: answered, and
+    cancelled as 499) stops moving for `quiet_s`."""
+    t0 = last_change = time.perf_counter()
+    last, polls = -1, 0
+    while time.perf_counter() - t0 < most_s:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/v1/stats")
+        # each earlier poll is counted too (a 200), this one not yet
+        total = sum(json.loads(conn.getresponse().read())["responses"].values()) - polls
+        polls += 1
+        conn.close()
+        now = time.perf_counter()
+        if total != last:
+            last, last_change = total, now
+        elif now - last_change >= quiet_s:
+            break
+        time.sleep(0.5)
+    return round(last_change - t0, 1)
 
 
 def _free_port() -> int:
@@ -129,9 +157,10 @@ def run(artifacts: Path, photo: Path, n: int, clients: int) -> dict[str, Any]:
     kinds = bodies(photo)
     try:
         for _ in range(3):  # warm-up: the model, the allocator, each code path once
-            for _kind, body, ctype, chunked in kinds:
-                request(port, body, ctype, chunked)
-        time.sleep(2)
+            for _kind, body, ctype, how in kinds:
+                request(port, body, ctype, how)
+        _wait_until_idle(port)  # both readings the same way: idle, then 5 s
+        time.sleep(5)
         after_warmup = _replica_rss()
         stop = threading.Event()
         health: list[float] = []
@@ -158,6 +187,7 @@ def run(artifacts: Path, photo: Path, n: int, clients: int) -> dict[str, Any]:
         seconds = time.perf_counter() - t0
         stop.set()
         prober.join()
+        settle = _wait_until_idle(port)  # hung-up requests may still be in the replica
         time.sleep(5)
         after_load = _replica_rss()
     finally:
@@ -168,7 +198,7 @@ def run(artifacts: Path, photo: Path, n: int, clients: int) -> dict[str, Any]:
         by_kind.setdefault(kind, Counter())[code] += 1
     statuses = Counter(code for _, code in codes)
     return {
-        "requests": n, "clients": clients, "seconds": round(seconds, 1),
+        "requests": n, "clients": clients, "seconds": round(seconds, 1), "settle_s": settle,
         "status_codes": {str(k): v for k, v in sorted(statuses.items())},
         "by_kind": {k: {str(c): v for c, v in sorted(cs.items())} for k, cs in by_kind.items()},
         "server_errors": sum(v for k, v in statuses.items() if k >= 500),
@@ -185,7 +215,10 @@ def markdown(r: dict[str, Any], device: str, command: str) -> str:
     back = (m["after_load"] - m["after_warmup"]) / m["after_warmup"] * 100
     lines = [f"# carseg serve under hostile load: {device}", "",
              f"{r['requests']} requests from {r['clients']} clients in {r['seconds']} s, "
-             f"{time.strftime('%Y-%m-%d')}. Command: `{command}`", "",
+             f"{time.strftime('%Y-%m-%d')}; the replica finished its last request "
+             f"{r['settle_s']} s after the clients stopped, and its memory was read 5 s later (as "
+             f"after warm-up). "
+             f"Command: `{command}`", "",
              "| what | measured | bar |", "| --- | ---: | --- |",
              f"| responses 5xx | {r['server_errors']} | 0 |",
              f"| slowest /healthz during the load ({r['healthz_probes']} probes) | "
@@ -197,6 +230,8 @@ def markdown(r: dict[str, Any], device: str, command: str) -> str:
              "Status codes by kind of request:", "", "| request | codes |", "| --- | --- |"]
     lines += [f"| {k} | {', '.join(f'{c}: {n}' for c, n in v.items())} |"
               for k, v in r["by_kind"].items()]
+    lines += ["", "Code 0: the client hung up before any answer, on purpose; the replica keeps "
+              "that request's share of the pixel budget until its decode is done."]
     lim = r["limits"]
     lines += ["", f"The bound: a replica decodes at most {lim['pixel_budget']:,} pixels at once "
               f"(requests wait for room), one request at most {lim['max_pixels']:,}; at about "

@@ -163,8 +163,13 @@ class Segmenter:
 
     async def handle(self, method: str, path: str, query: dict[str, str],
                      content_type: str, body: bytes) -> tuple[int, str, bytes]:
-        """(status, content type, body) for one request; never raises."""
-        status, ctype, payload = await self._handle(method, path, query, content_type, body)
+        """(status, content type, body) for one request; never raises (but a cancelled
+        request, whose client hung up, is counted as 499, nginx's "client closed request")."""
+        try:
+            status, ctype, payload = await self._handle(method, path, query, content_type, body)
+        except asyncio.CancelledError:
+            self.requests[499] += 1
+            raise
         self.requests[status] += 1
         return status, ctype, payload
 
