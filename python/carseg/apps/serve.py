@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import time
@@ -103,25 +104,32 @@ async def finish(work: Any) -> Any:
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+@functools.cache
+def _libc() -> Any:
+    """glibc, or None where there is none (the memory tuning below is then skipped)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def map_large_buffers(threshold: int = 1 << 20) -> None:
     """Serve buffers of `threshold` bytes and more (photos, their float copies) from mappings
     of their own, unmapped when freed. glibc otherwise raises this threshold to 32 MiB after
     the first large free, and photo-sized buffers then fragment its heaps: after 1,000 mixed
     requests a replica kept 12% more memory than after warm-up, and 2-3% with this
     (measured by benchmarks/serve_load.py)."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold)
-    except (OSError, AttributeError):
-        pass
+    if (libc := _libc()) is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 def give_memory_back() -> None:
     """Return freed heap to the system (glibc keeps it otherwise): after a large photo the
     replica's memory goes back to what it was."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if (libc := _libc()) is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 class Segmenter:
     """The replica: one predictor, batched prediction, HTTP handling. Used through Ray Serve;
     constructible directly in tests of its request handling."""

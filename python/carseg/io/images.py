@@ -9,9 +9,11 @@ a decoder raises becomes a DataError naming the file. Nothing is silently replac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
@@ -103,21 +105,12 @@ def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
     return scans
 
 
-def _open(name: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `data` (named `name` in messages): any failure is a DataError."""
-    if not data:
-        raise DataError(f"{name}: empty file")
-    if data.startswith(b"\xff\xd8\xff") and (n := jpeg_scans(data)) > MAX_JPEG_SCANS:
-        raise DataError(f"{name}: JPEG with over {MAX_JPEG_SCANS} scans (found {n}); refused "
-                        f"as too costly to decode")
+@contextlib.contextmanager
+def _decoder_errors(name: str | Path, data: bytes) -> Iterator[None]:
+    """What Pillow raises on `data`, as carseg errors naming the file: ImageTooLarge where it
+    refuses the size, DataError for anything else (hostile bytes raise all sorts)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(BytesIO(data), formats=FORMATS)
-            if img.width * img.height > max_pixels:
-                raise ImageTooLarge(f"{name}: image too large ({img.width}x{img.height}, "
-                                    f"limit {max_pixels} pixels)")
-            img.load()
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
     except UnidentifiedImageError:
@@ -127,6 +120,22 @@ def _open(name: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except Exception as e:  # noqa: BLE001 - what a decoder raises on hostile bytes varies
         reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
+
+
+def _open(name: Path, data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode `data` (named `name` in messages): any failure is a DataError."""
+    if not data:
+        raise DataError(f"{name}: empty file")
+    if data.startswith(b"\xff\xd8\xff") and (n := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise DataError(f"{name}: JPEG with over {MAX_JPEG_SCANS} scans (found {n}); refused "
+                        f"as too costly to decode")
+    with _decoder_errors(name, data), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(BytesIO(data), formats=FORMATS)
+        if img.width * img.height > max_pixels:
+            raise ImageTooLarge(f"{name}: image too large ({img.width}x{img.height}, "
+                                f"limit {max_pixels} pixels)")
+        img.load()
     return img
 
 
@@ -145,18 +154,10 @@ def _header(name: str | Path, data: bytes) -> tuple[int, int]:
     DataError (ImageTooLarge where Pillow refuses the size outright)."""
     if not data:
         raise DataError(f"{name}: empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check
-            with Image.open(BytesIO(data), formats=FORMATS) as img:
-                return img.size
-    except Image.DecompressionBombError:
-        raise ImageTooLarge(f"{name}: image too large (limit {MAX_PIXELS} pixels)") from None
-    except UnidentifiedImageError:
-        raise DataError(_unidentified(name, data)) from None
-    except Exception as e:  # noqa: BLE001 - what a parser raises on hostile bytes varies
-        reason = str(e).splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise DataError(f"{name}: corrupt or truncated image ({reason})") from None
+    with _decoder_errors(name, data), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # callers check
+        with Image.open(BytesIO(data), formats=FORMATS) as img:
+            return img.size
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
