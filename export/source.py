@@ -20,6 +20,7 @@ import yaml
 from carseg import __version__ as carseg_version
 from carseg.errors import CarsegError, ConfigError
 from carseg.runtime.preprocess import PreprocessSpec
+from carseg.runtime.refine import RefineSpec
 from carseg.train.config import RESOLVED_NAME, train_step
 from carseg.train.models import build_model, model_spec
 from export.manifest import PRECISIONS, Manifest, sha256_file, utc_now
@@ -28,6 +29,20 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = {"best": "model.best.pth", "last": "model.last.pth"}
 SHOW_KEYS = 4  # how many offending keys a mismatch message names
+
+
+def _refine_spec(value: Any, config_path: Path) -> RefineSpec | None:
+    """shared.refine of the config: false for none, else the refinement's parameters over
+    RefineSpec's defaults (on by default: docs/manifest.md's output.refine)."""
+    if value is False or value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{config_path}: shared.refine: expected false or a mapping of "
+                          f"{sorted(RefineSpec().to_json())}, got {type(value).__name__}")
+    try:
+        return RefineSpec.from_json({**RefineSpec().to_json(), **value}, "shared.refine")
+    except ValueError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,7 @@ class Source:
     spec: PreprocessSpec
     threshold: float
     valid: dict[str, float]
+    refine: RefineSpec | None = RefineSpec()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +137,7 @@ def load_source(logdir: str | Path, checkpoint: str | Path = "best") -> Source:
     threshold = float(shared.get("threshold", 0.5))
     if not 0.0 < threshold < 1.0:
         raise ConfigError(f"{config_path}: shared.threshold must be in (0, 1), got {threshold}")
+    refine = _refine_spec(shared.get("refine", {}), config_path)
     ckpt = _find_checkpoint(logdir, checkpoint).resolve()
     valid: dict[str, float] = {}
     summary = logdir / "summary.json"
@@ -135,7 +152,7 @@ def load_source(logdir: str | Path, checkpoint: str | Path = "best") -> Source:
                         summary, e)
     return Source(logdir=logdir, config_path=config_path, checkpoint=ckpt,
                   checkpoint_sha256=sha256_file(ckpt), model_kwargs=model_kwargs, spec=spec,
-                  threshold=threshold, valid=valid)
+                  threshold=threshold, valid=valid, refine=refine)
 
 
 def _state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
@@ -218,7 +235,8 @@ def base_manifest(source: Source, model: torch.nn.Module, precision: str) -> Man
         preprocessing=source.spec.to_json(),
         input={"name": "input", "dtype": dtype, "shape": ["N", 3, size, size]},
         output={"name": "logits", "dtype": dtype, "shape": ["N", 1, size, size],
-                "kind": "logits", "activation": "sigmoid", "threshold": source.threshold},
+                "kind": "logits", "activation": "sigmoid", "threshold": source.threshold,
+                **({"refine": source.refine.to_json()} if source.refine else {})},
         artifacts={},
         versions={"torch": torch.__version__.split("+")[0], "onnx": onnx_version,
                   "onnxruntime": ort_version, "python": platform.python_version()},

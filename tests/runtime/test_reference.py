@@ -11,6 +11,7 @@ from helpers import copy_of, eager_model
 
 from carseg.errors import CarsegError
 from carseg.io.images import read_rgb
+from carseg.runtime import refine
 from carseg.runtime.preprocess import (
     PreprocessSpec,
     mask_from_logits,
@@ -18,6 +19,7 @@ from carseg.runtime.preprocess import (
     preprocess,
 )
 from carseg.runtime.reference import ReferencePredictor
+from carseg.runtime.refine import RefineSpec
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def photos(tiny_data: Path) -> list[np.ndarray]:
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])
 def test_predict_matches_eager_through_the_contract(backend: str, tiny_artifacts: Path,
                                                     tiny_logdir: Path, photos) -> None:
-    predictor = ReferencePredictor(tiny_artifacts, backend=backend)
+    predictor = ReferencePredictor(tiny_artifacts, backend=backend, refine=False)
     spec = PreprocessSpec(size=64)
     model = eager_model(tiny_logdir)
     for photo in photos:
@@ -46,6 +48,29 @@ def test_predict_matches_eager_through_the_contract(backend: str, tiny_artifacts
         assert set(np.unique(mask)) <= {0, 1}
         ref_mask = mask_from_logits(torch.from_numpy(ref), 0.5).numpy()
         assert (mask != ref_mask).mean() <= 1e-3
+
+
+def test_the_mask_is_refined_as_the_manifest_says(tiny_artifacts: Path, tiny_logdir: Path,
+                                                  photos) -> None:
+    """Export records the refinement (RefineSpec's defaults); predict applies it to the model's
+    logits: the mask is refine.matte's, computed here from the eager model."""
+    predictor = ReferencePredictor(tiny_artifacts, backend="torchscript")
+    assert predictor.manifest.output["refine"] == RefineSpec().to_json()
+    assert predictor.refine == RefineSpec()
+    spec, model = PreprocessSpec(size=64), eager_model(tiny_logdir)
+    for photo in photos:
+        t = torch.from_numpy(photo.copy())
+        with torch.no_grad():
+            raw = model(preprocess(t, spec)[None])[0]
+        small = postprocess_logits(raw, RefineSpec().small_shape(*photo.shape[:2]), spec)
+        fit = refine.fit(t, small, RefineSpec(), 0.5)
+        want, alpha = refine.matte(t, fit)
+        mask = predictor.predict(photo)
+        assert (mask != want.numpy()).mean() <= 1e-3
+        got_mask, got_alpha = predictor.predict_matte(photo)
+        assert np.array_equal(got_mask, mask)
+        assert np.abs(got_alpha.astype(int) - refine.to_u8(alpha).numpy()).max() <= 1
+        assert (got_alpha[mask == 1] >= 128).all() and (got_alpha[mask == 0] <= 128).all()
 
 
 def test_predict_batch_of_different_sizes(tiny_artifacts: Path, photos) -> None:

@@ -83,9 +83,9 @@ def test_far_from_the_edge_the_refinement_keeps_the_models_probability() -> None
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"radius": 0}, "radius and subsample"),
-    ({"subsample": 0}, "radius and subsample"),
-    ({"eps": 0.0}, "eps > 0"),
+    ({"radius": 0}, r"refine.radius: expected an integer in \[1, 4096\], got 0"),
+    ({"subsample": 0}, r"refine.subsample: expected an integer in \[1, 64\], got 0"),
+    ({"eps": 0.0}, r"refine.eps: expected a number in \(0, 1\], got 0.0"),
 ])
 def test_bad_parameters_are_named(kwargs: dict, message: str) -> None:
     rgb, car = _photo_with_a_car(48, 72)

@@ -25,6 +25,7 @@ from typing import Any
 from carseg.errors import CarsegError, DataError
 from carseg.io.images import read_bytes
 from carseg.runtime.preprocess import PreprocessSpec, bounded_names
+from carseg.runtime.refine import RefineSpec
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -127,7 +128,12 @@ class Manifest:
         _check_fields(f"{source}: model", d["model"], _MODEL)
         _check_fields(f"{source}: source", d["source"], _SOURCE)
         _check_fields(f"{source}: input", d["input"], _INPUT)
-        _check_fields(f"{source}: output", d["output"], _OUTPUT)
+        _check_fields(f"{source}: output", d["output"], _OUTPUT, {"refine": dict})
+        if "refine" in d["output"]:
+            try:
+                RefineSpec.from_json(d["output"]["refine"])
+            except ValueError as e:
+                raise ValueError(f"{source}: {e}") from None
         try:
             PreprocessSpec.from_json(d["preprocessing"])
         except (TypeError, ValueError) as e:
@@ -177,6 +183,13 @@ class Manifest:
     @property
     def threshold(self) -> float:
         return float(self.output["threshold"])
+
+    @property
+    def refine(self) -> RefineSpec | None:
+        """The full-resolution refinement every consumer applies, or None (a manifest written
+        before it existed, or a config that turned it off)."""
+        d = self.output.get("refine")
+        return None if d is None else RefineSpec.from_json(d)
 
     def artifact(self, name: str, source: str = MANIFEST_NAME) -> dict[str, Any]:
         if name not in self.artifacts:

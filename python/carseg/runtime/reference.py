@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from carseg.errors import CarsegError
+from carseg.runtime import refine
 from carseg.runtime.manifest import load_manifest, model_bytes
 from carseg.runtime.preprocess import mask_from_logits, postprocess_logits, preprocess_batch
+from carseg.runtime.refine import RefineSpec
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,10 @@ class ReferencePredictor:
     """An artifact folder (manifest.json + model files) as a Python predictor."""
 
     def __init__(self, model_dir: str | Path, backend: str = "torchscript",
-                 device: str | torch.device = "cpu", threshold: float | None = None) -> None:
+                 device: str | torch.device = "cpu", threshold: float | None = None,
+                 refine: bool = True, softness: float | None = None) -> None:
+        """`refine`: apply the manifest's output.refine (where it has one); False gives the
+        model's mask resized. `softness` overrides the refinement's soft-edge width."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
         self.model_dir = Path(model_dir)
@@ -169,10 +174,14 @@ class ReferencePredictor:
         self._run = load_backend(self.path, backend, self.device, self.artifact["device"],
                                  data=data)
         self.dynamic_batch = bool(self.artifact["dynamic"]["batch"])
+        spec = self.manifest.refine if refine else None
+        self.refine: RefineSpec | None = (spec.with_softness(softness)
+                                          if spec is not None and softness is not None else spec)
 
     def __repr__(self) -> str:
         return (f"ReferencePredictor({str(self.model_dir)!r}, backend={self.backend!r}, "
-                f"device={str(self.device)!r}, threshold={self.threshold})")
+                f"device={str(self.device)!r}, threshold={self.threshold}, "
+                f"refine={self.refine is not None})")
 
     # ---- the model alone --------------------------------------------------------------------
     def run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -200,36 +209,87 @@ class ReferencePredictor:
         raise TypeError(f"image: expected a numpy array or a torch tensor, got "
                         f"{type(image).__name__}")
 
-    def _logits(self, images: Sequence[Any]) -> list[tuple[torch.Tensor, bool, torch.device]]:
+    def _forward(self, images: Sequence[Any]) -> list[tuple[torch.Tensor, torch.Tensor, bool,
+                                                              torch.device]]:
+        """Photos -> (photo on self.device, the model's logits [1,S,S], was numpy, device)."""
         tensors = [self._as_tensor(im) for im in images]
         on_device = [t.to(self.device) for t, _ in tensors]
         logits = self.run(preprocess_batch(on_device, self.spec))
-        out = []
-        for (t, was_numpy), lg, im in zip(tensors, logits, on_device, strict=True):
-            hw = (int(im.shape[0]), int(im.shape[1]))
-            out.append((postprocess_logits(lg, hw, self.spec), was_numpy, t.device))
-        return out
+        return [(im, lg, was_numpy, t.device)
+                for (t, was_numpy), lg, im in zip(tensors, logits, on_device, strict=True)]
+
+    def _fit(self, image: torch.Tensor, lg: torch.Tensor, spec: RefineSpec) -> refine.Fit:
+        small = spec.small_shape(int(image.shape[0]), int(image.shape[1]))
+        return refine.fit(image, postprocess_logits(lg, small, self.spec), spec, self.threshold)
+
+    def _mask(self, image: torch.Tensor, lg: torch.Tensor) -> torch.Tensor:
+        if self.refine is None:
+            hw = (int(image.shape[0]), int(image.shape[1]))
+            return mask_from_logits(postprocess_logits(lg, hw, self.spec), self.threshold)
+        return refine.matte(image, self._fit(image, lg, self.refine))[0]
 
     @staticmethod
     def _give_back(t: torch.Tensor, was_numpy: bool, device: torch.device) -> Any:
         return t.cpu().numpy() if was_numpy else t.to(device)
 
     def predict_logits(self, image: Any) -> Any:
-        """uint8 [H,W,3] RGB (numpy or tensor) -> float32 logits [H,W] at the photo's size.
+        """uint8 [H,W,3] RGB (numpy or tensor) -> float32 logits [H,W] at the photo's size: the
+        model's own, resized, before any refinement.
 
         Numpy in, numpy out; a tensor in gives a tensor on the input's device.
         """
-        lg, was_numpy, dev = self._logits([image])[0]
-        return self._give_back(lg, was_numpy, dev)
+        im, lg, was_numpy, dev = self._forward([image])[0]
+        hw = (int(im.shape[0]), int(im.shape[1]))
+        return self._give_back(postprocess_logits(lg, hw, self.spec), was_numpy, dev)
 
     def predict(self, image: Any) -> Any:
-        """uint8 [H,W,3] RGB -> uint8 mask [H,W] in {0,1}: sigmoid(logits) > threshold."""
-        lg, was_numpy, dev = self._logits([image])[0]
-        return self._give_back(mask_from_logits(lg, self.threshold), was_numpy, dev)
+        """uint8 [H,W,3] RGB -> uint8 mask [H,W] in {0,1}: the refined probability (or, without
+        refinement, sigmoid(logits)) > threshold."""
+        im, lg, was_numpy, dev = self._forward([image])[0]
+        return self._give_back(self._mask(im, lg), was_numpy, dev)
 
     def predict_batch(self, images: Sequence[Any]) -> list[Any]:
         """Photos of any sizes, run as one batch -> one mask per photo, at its own size."""
         if len(images) == 0:
             raise ValueError("images: expected at least one image, got an empty list")
-        return [self._give_back(mask_from_logits(lg, self.threshold), was_numpy, dev)
-                for lg, was_numpy, dev in self._logits(list(images))]
+        return [self._give_back(self._mask(im, lg), was_numpy, dev)
+                for im, lg, was_numpy, dev in self._forward(list(images))]
+
+    def predict_matte(self, image: Any) -> tuple[Any, Any]:
+        """uint8 [H,W,3] RGB -> (mask uint8 [H,W] in {0,1}, alpha uint8 [H,W] in 0..255). The
+        alpha matte is the refinement's soft edge; without refinement it is the mask * 255."""
+        im, lg, was_numpy, dev = self._forward([image])[0]
+        if self.refine is None:
+            mask = self._mask(im, lg)
+            alpha = mask * 255
+        else:
+            mask, a = refine.matte(im, self._fit(im, lg, self.refine))
+            alpha = refine.to_u8(a)
+        return self._give_back(mask, was_numpy, dev), self._give_back(alpha, was_numpy, dev)
+
+    def cutout(self, image: Any, backdrop: Any = (255, 255, 255)) -> tuple[Any, Any]:
+        """uint8 [H,W,3] RGB -> (cutout, mask): the car on `backdrop` (an RGB colour, or a uint8
+        [H,W,3] image of the photo's size) as uint8 [H,W,3], or as uint8 [H,W,4] RGBA where
+        backdrop is None. With refinement the edge is soft and decontaminated
+        (refine.composite_soft); without, the mask's hard edge (carseg.io.encode.composite)."""
+        im, lg, was_numpy, dev = self._forward([image])[0]
+        if self.refine is None:
+            mask = self._mask(im, lg)
+            out = hard_composite(im, mask, backdrop)
+        else:
+            f = self._fit(im, lg, self.refine)
+            mask, alpha = refine.matte(im, f)
+            back = None if backdrop is None else torch.as_tensor(
+                np.asarray(backdrop, dtype=np.uint8)).to(im.device)
+            out = refine.composite_soft(im, alpha, f, back)
+        return self._give_back(out, was_numpy, dev), self._give_back(mask, was_numpy, dev)
+
+
+def hard_composite(image: torch.Tensor, mask: torch.Tensor, backdrop: Any) -> torch.Tensor:
+    """The car where mask is set, `backdrop` (RGB colour or image) elsewhere; RGBA with the
+    mask as alpha where backdrop is None."""
+    car = mask.bool()[..., None]
+    if backdrop is None:
+        return torch.cat([image, car.to(torch.uint8) * 255], dim=2)
+    back = torch.as_tensor(np.asarray(backdrop, dtype=np.uint8)).to(image.device)
+    return torch.where(car, image, back.expand_as(image))

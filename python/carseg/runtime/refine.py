@@ -7,7 +7,9 @@ function of the photo's colour, so the result follows the photo's own edges. The
 (He and Sun, 2015) fits at 1/`subsample` of the photo's size and applies the upsampled
 coefficients to the full-resolution photo.
 
-This is the Python reference; `benchmarks/refine_study.py` measures it against the plain resize.
+This is the Python reference of the contract in docs/manifest.md ("output.refine"); libcarseg's
+refine.cpp computes the same thing, and tests hold the two equal. `benchmarks/refine_study.py`
+measures it against the plain resize.
 Over 16 held-out synthetic photos of 1918x1280 and the demo's 128 px model, the colour guide with
 radius 64 px and eps 1e-4 gave the most (Dice 0.962 -> 0.977, boundary F1 within 2 px 0.17 ->
 0.62), as much at subsample 8 or 16 as at full resolution, in about 1/70 of the time. Where the
@@ -16,6 +18,10 @@ that looks like the wall (a white roof on a white wall), no filter brings it bac
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,33 +64,186 @@ def guided_coefficients(guide: torch.Tensor, p: torch.Tensor, r: int, eps: float
     return box(a, r), box(b, r)
 
 
-def refine(rgb: torch.Tensor, logits: torch.Tensor, *, radius: int = 64, eps: float = 1e-4,
-           subsample: int = 8) -> torch.Tensor:
-    """uint8 photo [H,W,3] and the model's logits over it at any size [h,w] -> refined
-    foreground probability (alpha) [H,W] in [0,1], float32.
+MAX_RADIUS = 4096
+MAX_SUBSAMPLE = 64
 
-    The photo is area-averaged and the logits resized (bilinear) to 1/`subsample` of the
-    photo's size; the coefficients are fitted there with radius `radius / subsample`, then
-    resized (bilinear) to the photo's size and applied to the photo. `radius` is in pixels of
-    the photo.
+
+@dataclass(frozen=True)
+class RefineSpec:
+    """manifest.json's output.refine: how a consumer turns the model's logits into the mask and
+    the alpha matte at the photo's own size.
+
+    radius, eps: the guided filter's window (pixels of the photo) and regularization.
+    subsample: the coefficients are fitted at 1/subsample of the photo's size.
+    softness: the width of the matte's soft edge, as a share of the filter's own: alpha is
+        clamp((q - threshold) / softness + 0.5, 0, 1) for the filtered probability q, so 1 is
+        the filter's matte and smaller values give a harder edge. The mask is q > threshold
+        whatever the softness.
     """
+
+    radius: int = 64
+    eps: float = 1e-4
+    subsample: int = 8
+    softness: float = 1.0
+    method: str = "guided"
+
+    def __post_init__(self) -> None:
+        if self.method != "guided":
+            raise ValueError(f"refine.method: expected guided, got {str(self.method)[:40]!r}")
+        for name, most in (("radius", MAX_RADIUS), ("subsample", MAX_SUBSAMPLE)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+                raise ValueError(f"refine.{name}: expected an integer in [1, {most}], got "
+                                 f"{str(v)[:40]}")
+        for name, lo, hi in (("eps", 0.0, 1.0), ("softness", 0.0, 1.0)):
+            v = getattr(self, name)
+            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                    or not lo < v <= hi):
+                raise ValueError(f"refine.{name}: expected a number in ({lo:g}, {hi:g}], got "
+                                 f"{str(v)[:40]}")
+
+    def small_shape(self, h: int, w: int) -> tuple[int, int]:
+        """Where the coefficients are fitted: the photo's size / subsample, rounded half to
+        even, at least 1."""
+        return max(1, round(h / self.subsample)), max(1, round(w / self.subsample))
+
+    def small_radius(self) -> int:
+        return max(1, round(self.radius / self.subsample))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "radius": self.radius, "eps": float(self.eps),
+                "subsample": self.subsample, "softness": float(self.softness)}
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "output.refine") -> RefineSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
+        fields = {"method", "radius", "eps", "subsample", "softness"}
+        if set(d) != fields:
+            odd = sorted(set(d) ^ fields)
+            raise ValueError(f"{where}: expected the fields {sorted(fields)}; "
+                             f"{'unknown or missing'}: {[str(k)[:40] for k in odd[:5]]}")
+        try:
+            return cls(**d)
+        except ValueError as e:
+            raise ValueError(f"{where.rsplit('.', 1)[0]}.{e}") from None
+
+    def with_softness(self, softness: float) -> RefineSpec:
+        return RefineSpec(self.radius, self.eps, self.subsample, softness, self.method)
+
+
+@dataclass
+class Fit:
+    """One photo's refinement at 1/subsample of its size: the guided filter's mean coefficients
+    (q = sum_c a_c * rgb_c + b, rgb in [0, 1]) and the local mean colours of the car and of the
+    background around each point (for colour decontamination)."""
+
+    a: torch.Tensor   # float32 [3, h, w]
+    b: torch.Tensor   # float32 [h, w]
+    fg: torch.Tensor  # float32 [3, h, w] in [0, 1]
+    bg: torch.Tensor  # float32 [3, h, w] in [0, 1]
+    threshold: float
+    softness: float
+
+
+def soft_alpha(q: torch.Tensor, threshold: float, softness: float) -> torch.Tensor:
+    return ((q - threshold) / softness + 0.5).clamp_(0, 1)
+
+
+def small_guide(rgb: torch.Tensor, small_hw: tuple[int, int]) -> torch.Tensor:
+    """uint8 [H,W,3] -> float32 [3,h,w] in [0,1], area-averaged (adaptive average pooling:
+    the output pixel i covers input rows floor(i*H/h) to ceil((i+1)*H/h))."""
+    full = rgb.permute(2, 0, 1).float().div_(255)
+    if tuple(small_hw) == tuple(rgb.shape[:2]):
+        return full
+    return F.adaptive_avg_pool2d(full[None], small_hw)[0]
+
+
+def fit(rgb: torch.Tensor, logits_small: torch.Tensor, spec: RefineSpec,
+        threshold: float) -> Fit:
+    """The photo (uint8 [H,W,3]) and the model's logits resized to spec.small_shape(H, W) ->
+    the fit. `logits_small` is what postprocess_logits gives for that size."""
     if rgb.dtype != torch.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb: expected uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
+    hw = spec.small_shape(int(rgb.shape[0]), int(rgb.shape[1]))
+    if tuple(logits_small.shape) != hw:
+        raise ValueError(f"logits: expected {list(hw)} (the photo's size / subsample), got "
+                         f"{list(logits_small.shape)}")
+    guide = small_guide(rgb, hw)
+    r = spec.small_radius()
+    a, b = guided_coefficients(guide, torch.sigmoid(logits_small.float()), r, spec.eps)
+    alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness)
+    fg = box(guide * alpha, r) / box(alpha, r).clamp_(min=1e-6)
+    bg = box(guide * (1 - alpha), r) / box(1 - alpha, r).clamp_(min=1e-6)
+    return Fit(a, b, fg.clamp_(0, 1), bg.clamp_(0, 1), float(threshold), spec.softness)
+
+
+def _upsample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """[C,h,w] -> [C,H,W], bilinear with align_corners=False (libcarseg does the same)."""
+    if tuple(x.shape[1:]) == tuple(hw):
+        return x
+    return F.interpolate(x[None], size=hw, mode="bilinear", align_corners=False)[0]
+
+
+def filtered(rgb: torch.Tensor, f: Fit) -> torch.Tensor:
+    """The filtered probability q at the photo's size, float32 [H,W] (not clamped)."""
+    hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+    ab = _upsample(torch.cat([f.a, f.b[None]]), hw)
+    full = rgb.permute(2, 0, 1).float().div_(255)
+    return (ab[:3] * full).sum(0) + ab[3]
+
+
+def matte(rgb: torch.Tensor, f: Fit) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask uint8 [H,W] in {0,1}: q > threshold, alpha float32 [H,W] in [0,1])."""
+    q = filtered(rgb, f)
+    return (q > f.threshold).to(torch.uint8), soft_alpha(q, f.threshold, f.softness)
+
+
+def to_u8(x: torch.Tensor) -> torch.Tensor:
+    """[0,1] floats -> uint8, rounding half up (libcarseg: uint8(x * 255 + 0.5))."""
+    return (x * 255 + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def foreground(rgb: torch.Tensor, alpha: torch.Tensor, f: Fit) -> torch.Tensor:
+    """The car's own colour under the soft edge, float32 [3,H,W] in [0,1]: with the photo
+    I = alpha F + (1 - alpha) B and the local means F', B' of car and background,
+    F = F' + alpha (I - alpha F' - (1 - alpha) B') (Forte and Pitie's blur-fusion estimate),
+    which is I where alpha is 1 and the car's local colour where alpha nears 0, so the studio
+    wall that shows through the edge does not tint what is composited."""
+    hw = (int(rgb.shape[0]), int(rgb.shape[1]))
+    means = _upsample(torch.cat([f.fg, f.bg]), hw)
+    fg, bg = means[:3], means[3:]
+    image = rgb.permute(2, 0, 1).float().div_(255)
+    return (fg + alpha * (image - alpha * fg - (1 - alpha) * bg)).clamp_(0, 1)
+
+
+def composite_soft(rgb: torch.Tensor, alpha: torch.Tensor, f: Fit,
+                   backdrop: torch.Tensor | None) -> torch.Tensor:
+    """The cutout: uint8 [H,W,3] on `backdrop` (uint8 [H,W,3] or [3] for a colour), or uint8
+    [H,W,4] (decontaminated colour and alpha) where backdrop is None. Where alpha is 1 the
+    photo's own pixels are kept exactly; where it is 0, the backdrop's (or the photo's, for
+    transparent)."""
+    fgc = foreground(rgb, alpha, f)
+    a = to_u8(alpha)
+    inside, outside = (a == 255)[..., None], (a == 0)[..., None]
+    if backdrop is None:
+        colour = to_u8(fgc).permute(1, 2, 0)
+        rgb_out = torch.where(inside | outside, rgb, colour)
+        return torch.cat([rgb_out, a[..., None]], dim=2)
+    back = backdrop.expand_as(rgb) if backdrop.ndim == 1 else backdrop
+    al = alpha[None]
+    blend = to_u8(al * fgc + (1 - al) * back.permute(2, 0, 1).float().div(255)).permute(1, 2, 0)
+    return torch.where(inside, rgb, torch.where(outside, back, blend))
+
+
+def refine(rgb: torch.Tensor, logits: torch.Tensor, *, radius: int = 64, eps: float = 1e-4,
+           subsample: int = 8, threshold: float = 0.5) -> torch.Tensor:
+    """uint8 photo [H,W,3] and the model's logits over it at any size [h,w] -> the filtered
+    probability [H,W] clamped to [0,1] (float32): the study's entry point. The logits are
+    resized (bilinear) to the fitting size."""
+    spec = RefineSpec(radius, eps, subsample)
+    hw = spec.small_shape(int(rgb.shape[0]), int(rgb.shape[1]))
     if logits.ndim != 2:
         raise ValueError(f"logits: expected [h, w], got {list(logits.shape)}")
-    if radius < 1 or subsample < 1 or not eps > 0:
-        raise ValueError(f"radius and subsample must be >= 1 and eps > 0, got {radius}, "
-                         f"{subsample}, {eps}")
-    h, w = int(rgb.shape[0]), int(rgb.shape[1])
-    full = rgb.permute(2, 0, 1).float().div_(255)
-    lh, lw = max(1, round(h / subsample)), max(1, round(w / subsample))
-    small = full if (lh, lw) == (h, w) else F.interpolate(full[None], size=(lh, lw),
-                                                          mode="area")[0]
-    p = torch.sigmoid(F.interpolate(logits.float()[None, None], size=(lh, lw), mode="bilinear",
-                                    align_corners=False)[0, 0])
-    a, b = guided_coefficients(small, p, max(1, round(radius / subsample)), eps)
-    if (lh, lw) != (h, w):
-        ab = F.interpolate(torch.cat([a, b[None]])[None], size=(h, w), mode="bilinear",
-                           align_corners=False)[0]
-        a, b = ab[:3], ab[3]
-    return ((a * full).sum(0) + b).clamp_(0, 1)
+    small = _upsample(logits.float()[None], hw)[0] if tuple(logits.shape) != hw else logits
+    return filtered(rgb, fit(rgb, small, spec, threshold)).clamp_(0, 1)
