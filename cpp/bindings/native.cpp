@@ -109,8 +109,11 @@ std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& m
                                                   const std::string& precision,
                                                   std::optional<double> threshold,
                                                   const std::string& backend, bool cuda_graphs,
-                                                  bool exact, bool onednn_fusion) {
+                                                  bool exact, bool onednn_fusion, bool refine,
+                                                  std::optional<double> softness) {
   carseg::PredictorOptions options;
+  options.refine = refine;
+  options.softness = softness;
   options.exact = exact;
   options.onednn_fusion = onednn_fusion;
   options.device = device;
@@ -140,15 +143,21 @@ std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predict
                                                 int workers, const std::optional<std::string>& cutout,
                                                 int jpeg_quality, bool overwrite,
                                                 std::int64_t max_bytes_in_flight,
-                                                const py::object& progress) {
+                                                const py::object& progress, bool matte,
+                                                std::optional<int> crop) {
   carseg::PipelineOptions options;
   options.batch = batch;
   options.workers = workers;
   options.overwrite = overwrite;
   options.max_bytes_in_flight = max_bytes_in_flight;
   options.cutout.reset();
-  if (cutout) options.cutout = carseg::parse_background(*cutout);
+  if (cutout) options.cutout = carseg::Backdrop::parse(*cutout);
   options.jpeg_quality = jpeg_quality;
+  options.matte = matte;
+  if (crop) {
+    if (*crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
+    options.crop_margin = *crop;
+  }
   if (!progress.is_none()) {
     // Called on the thread that runs the pipeline, which has released the GIL. A display must
     // not stop the run: what the callback raises is reported by Python and dropped.
@@ -188,6 +197,7 @@ py::dict report_dict(const carseg::PipelineReport& report) {
     d["height"] = r.height;
     d["mask"] = path_or_none(r.mask);
     d["cutout"] = path_or_none(r.cutout);
+    d["matte"] = path_or_none(r.matte);
     d["foreground"] = r.foreground;
     results.append(d);
   }
@@ -242,7 +252,7 @@ PYBIND11_MODULE(_native, m) {
       .def(py::init(&make_predictor), py::arg("model_dir"), py::arg("device") = "cpu", py::arg("precision") = "fp32",
            py::arg("threshold") = py::none(), py::arg("backend") = "auto",
            py::arg("cuda_graphs") = true, py::kw_only(), py::arg("exact") = true,
-           py::arg("onednn_fusion") = false,
+           py::arg("onednn_fusion") = false, py::arg("refine") = true, py::arg("softness") = py::none(),
            R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
 device "cpu", "cuda" or "cuda:N"; precision "fp32" or "fp16" (CUDA only); threshold in (0, 1)
@@ -250,7 +260,9 @@ overrides the manifest's; backend "auto", "torchscript" or "aoti"; cuda_graphs: 
 replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
 kernels, faster, masks may differ from the op-for-op reference where a logit is within float
 rounding of the threshold. onednn_fusion=True (CPU, TorchScript): oneDNN Graph fusion, faster
-at batch 1; it is process-wide and stays on for every TorchScript module in the process.)")
+at batch 1; it is process-wide and stays on for every TorchScript module in the process.
+refine=False: the model's mask resized, without the manifest's full-resolution refinement
+(output.refine); softness in (0, 1] overrides the refinement's soft-edge width.)")
       .def(
           "predict",
           [](const carseg::Predictor& self, const py::handle& image) {
@@ -292,16 +304,33 @@ at batch 1; it is process-wide and stays on for every TorchScript module in the 
           "A list of images of any sizes, run as one batch -> a list of masks, each at its "
           "image's size.")
       .def(
-          "cutout",
-          [](const carseg::Predictor& self, const py::handle& image, const std::string& background) {
-            const carseg::Background bg = carseg::parse_background(background);
-            return on_image(image, [&](const torch::Tensor& t) { return self.cutout(t, bg); });
+          "predict_matte",
+          [](const carseg::Predictor& self, const py::handle& image) {
+            const Image im = to_image(image);
+            carseg::Matte m;
+            {
+              py::gil_scoped_release release;
+              m = self.predict_mattes({im.tensor})[0];
+            }
+            return py::make_tuple(from_tensor(m.mask, im.numpy), from_tensor(m.alpha, im.numpy));
           },
-          py::arg("image"), py::arg("background") = "white",
-          R"(The photo with its background removed, at the photo's size.
+          py::arg("image"),
+          "uint8 [H, W, 3] RGB -> (mask uint8 [H, W] in {0, 1}, alpha uint8 [H, W] in 0..255): "
+          "the refinement's soft matte (without refinement, mask * 255).")
+      .def(
+          "cutout",
+          [](const carseg::Predictor& self, const py::handle& image, const std::string& background,
+             std::optional<int> crop) {
+            const carseg::Backdrop bd = carseg::Backdrop::parse(background);
+            if (crop && *crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
+            return on_image(image, [&](const torch::Tensor& t) { return self.cutout(t, bd, crop.value_or(-1)); });
+          },
+          py::arg("image"), py::arg("background") = "white", py::kw_only(), py::arg("crop") = py::none(),
+          R"(The photo with its background removed, at the photo's size (or cropped).
 
-background "white": uint8 [H, W, 3], background pixels 255; "transparent": uint8 [H, W, 4] RGBA,
-alpha 255 on the car and 0 elsewhere.)")
+background "white", "#RRGGBB" or an image file's path: uint8 [H, W, 3], the car over it with the
+refinement's soft, decontaminated edge; "transparent": uint8 [H, W, 4] RGBA with the alpha
+matte. crop=MARGIN: only the car's box grown by MARGIN pixels a side.)")
       .def_property_readonly("input_size", &carseg::Predictor::input_size,
                              "Side of the square the model sees (pixels).")
       .def_property_readonly(
@@ -317,6 +346,20 @@ alpha 255 on the car and 0 elsewhere.)")
           "precision",
           [](const carseg::Predictor& self) { return carseg::to_string(self.precision()); },
           "Precision asked for: \"fp32\" or \"fp16\".")
+      .def_property_readonly(
+          "refine",
+          [](const carseg::Predictor& self) -> py::object {
+            if (!self.refine()) return py::none();
+            const carseg::RefineSpec& r = *self.refine();
+            py::dict d;
+            d["method"] = "guided";
+            d["radius"] = r.radius;
+            d["eps"] = r.eps;
+            d["subsample"] = r.subsample;
+            d["softness"] = r.softness;
+            return d;
+          },
+          "The refinement applied (output.refine, with any softness override), or None.")
       .def_property_readonly("threshold", &carseg::Predictor::threshold,
                              "Mask threshold on the probability.")
       .def_property_readonly("backend", &carseg::Predictor::backend_name,
@@ -338,7 +381,7 @@ alpha 255 on the car and 0 elsewhere.)")
         ss << "carseg.Predictor(" << self.manifest().dir() << ", device=\"" << self.device().str()
            << "\", precision=\"" << carseg::to_string(self.precision())
            << "\", threshold=" << self.threshold() << ", backend=\"" << self.backend_name()
-           << "\")";
+           << "\", refine=" << (self.refine() ? "True" : "False") << ")";
         return ss.str();
       });
 
@@ -346,10 +389,11 @@ alpha 255 on the car and 0 elsewhere.)")
       .def(py::init(&make_pipeline), py::arg("predictor"), py::kw_only(), py::arg("batch") = 8,
            py::arg("workers") = 2, py::arg("cutout") = "white", py::arg("jpeg_quality") = 95,
            py::arg("overwrite") = false, py::arg("max_bytes_in_flight") = std::int64_t{1} << 30,
-           py::arg("progress") = py::none(),
+           py::arg("progress") = py::none(), py::arg("matte") = false, py::arg("crop") = py::none(),
            py::keep_alive<1, 2>(),  // the pipeline holds a reference to the predictor
            R"(batch: photos per forward pass; workers: decode threads and as many encode threads;
-cutout "white", "transparent" or None (masks only); overwrite: replace outputs already there (by
+cutout "white", "transparent", "#RRGGBB", an image file's path, or None (masks only); matte:
+also write NAME_alpha.png; crop=MARGIN: cutouts cropped to the car's box grown by MARGIN; overwrite: replace outputs already there (by
 default a photo whose outputs exist is refused); max_bytes_in_flight: decoded photos held at
 once; progress(done, total, failed, last), called after each batch and at the end.)")
       .def(
@@ -365,6 +409,6 @@ once; progress(done, total, failed, last), called after each batch and at the en
           },
           py::arg("photos"), py::arg("output"),
           R"(Photos (paths) in, outputs in the folder `output` (created). Returns {"results": [one
-dict a photo, in order: input, ok, error, width, height, mask, cutout, foreground], "seconds",
+dict a photo, in order: input, ok, error, width, height, mask, cutout, matte, foreground], "seconds",
 "succeeded", "failed"}. Raises CarsegError only when `output` cannot be created or written.)");
 }

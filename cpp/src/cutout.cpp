@@ -1,7 +1,10 @@
 #include "carseg/cutout.h"
 
+#include <ATen/ops/upsample_bilinear2d.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <sstream>
 
@@ -103,6 +106,199 @@ std::vector<std::uint8_t> encode_cutout_in_place(Image& image, const std::uint8_
   if (background != Background::kWhite) return encode_cutout(image, mask, background, jpeg_quality);
   composite(image.pixels.data(), mask, checked_pixel_count(image), background, image.pixels.data());
   return encode_jpeg(image, jpeg_quality);
+}
+
+// ---- Backdrop ------------------------------------------------------------------------------
+
+Backdrop Backdrop::parse(const std::string& s) {
+  Backdrop b;
+  if (s == "white") return b;
+  if (s == "transparent") {
+    b.kind_ = Kind::kTransparent;
+    return b;
+  }
+  if (!s.empty() && s[0] == '#') {
+    const bool hex = s.size() == 7 && std::all_of(s.begin() + 1, s.end(), [](unsigned char c) {
+      return std::isxdigit(c) != 0;
+    });
+    if (!hex) {
+      throw OptionError("background", "expected a colour as #RRGGBB (six hex digits), got \"" +
+                                          s.substr(0, 40) + "\"");
+    }
+    for (int c = 0; c < 3; ++c) {
+      b.colour_[static_cast<std::size_t>(c)] =
+          static_cast<std::uint8_t>(std::stoi(s.substr(1 + 2 * static_cast<std::size_t>(c), 2), nullptr, 16));
+    }
+    return b;
+  }
+  std::error_code ec;
+  if (s.empty() || !std::filesystem::exists(s, ec)) {
+    throw OptionError("background", "expected white, transparent, #RRGGBB or an image file, got \"" +
+                                        s.substr(0, 200) + "\" (no such file)");
+  }
+  try {
+    b.image_ = std::make_shared<const Image>(read_image(s));
+  } catch (const Error& e) {
+    throw OptionError("background", "cannot use it as a backdrop image: " + std::string(e.what()));
+  }
+  b.kind_ = Kind::kImage;
+  b.path_ = s;
+  return b;
+}
+
+std::string Backdrop::describe() const {
+  if (kind_ == Kind::kTransparent) return "transparent";
+  if (kind_ == Kind::kImage) {
+    return "image " + path_ + " (" + std::to_string(image_->width) + "x" + std::to_string(image_->height) + ")";
+  }
+  if (colour_ == std::array<std::uint8_t, 3>{255, 255, 255}) return "white";
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "#%02x%02x%02x", colour_[0], colour_[1], colour_[2]);
+  return hex;
+}
+
+std::shared_ptr<const std::vector<std::uint8_t>> Backdrop::pixels(int width, int height) const {
+  if (kind_ != Kind::kImage) return nullptr;
+  std::lock_guard lock(cache_->mu);
+  for (const auto& [size, px] : cache_->sized) {
+    if (size == std::make_pair(width, height)) return px;
+  }
+  c10::InferenceMode guard;
+  // As carseg.io.encode.backdrop_pixels: bilinear (align_corners false, no antialias), rounded half up.
+  const torch::Tensor src =
+      torch::from_blob(const_cast<std::uint8_t*>(image_->pixels.data()), {1, image_->height, image_->width, 3},
+                       torch::kUInt8)
+          .permute({0, 3, 1, 2})
+          .to(torch::kFloat32);
+  const torch::Tensor out =
+      at::upsample_bilinear2d(src, {height, width}, /*align_corners=*/false)
+          .add_(0.5)
+          .clamp_(0, 255)
+          .to(torch::kUInt8)
+          .squeeze(0)
+          .permute({1, 2, 0})
+          .contiguous();
+  auto px = std::make_shared<std::vector<std::uint8_t>>(out.data_ptr<std::uint8_t>(),
+                                                        out.data_ptr<std::uint8_t>() + out.numel());
+  if (cache_->sized.size() >= 4) cache_->sized.erase(cache_->sized.begin());
+  cache_->sized.emplace_back(std::make_pair(width, height), px);
+  return px;
+}
+
+// ---- soft composites ---------------------------------------------------------------------------
+
+Rect crop_box(const std::uint8_t* alpha, int width, int height, int margin) {
+  int x0 = width, y0 = height, x1 = -1, y1 = -1;
+  for (int y = 0; y < height; ++y) {
+    const std::uint8_t* row = alpha + static_cast<std::size_t>(y) * width;
+    int first = -1, last = -1;
+    for (int x = 0; x < width; ++x) {
+      if (row[x]) {
+        if (first < 0) first = x;
+        last = x;
+      }
+    }
+    if (first < 0) continue;
+    x0 = std::min(x0, first);
+    x1 = std::max(x1, last);
+    y0 = std::min(y0, y);
+    y1 = y;
+  }
+  if (x1 < 0) return {0, 0, width, height};
+  margin = std::max(0, margin);
+  return {std::max(0, x0 - margin), std::max(0, y0 - margin), std::min(width, x1 + 1 + margin),
+          std::min(height, y1 + 1 + margin)};
+}
+
+void composite_matte(const Image& photo, const std::uint8_t* alpha, const RefineFit* fit,
+                     const Backdrop& backdrop, const Rect& rect, std::uint8_t* dst) {
+  (void)checked_pixel_count(photo);
+  if (rect.x0 < 0 || rect.y0 < 0 || rect.x1 > photo.width || rect.y1 > photo.height || rect.width() < 1 ||
+      rect.height() < 1) {
+    throw Error("cutout", "crop rectangle outside the photo");
+  }
+  const int ch = backdrop.channels();
+  const auto back = backdrop.pixels(photo.width, photo.height);
+  const std::uint8_t* colour = backdrop.colour().data();
+  std::uint8_t* out = dst;
+  for (int y = rect.y0; y < rect.y1; ++y) {
+    const std::size_t row = static_cast<std::size_t>(y) * photo.width;
+    for (int x = rect.x0; x < rect.x1; ++x, out += ch) {
+      const std::size_t i = row + x;
+      const std::uint8_t a = alpha[i];
+      const std::uint8_t* px = photo.pixels.data() + 3 * i;
+      const std::uint8_t* bk = back ? back->data() + 3 * i : colour;
+      if (a == 255 || (a == 0 && ch == 4)) {
+        const std::uint8_t r = px[0], g = px[1], b = px[2];
+        out[0] = r, out[1] = g, out[2] = b;
+        if (ch == 4) out[3] = a;
+        continue;
+      }
+      if (a == 0) {
+        out[0] = bk[0], out[1] = bk[1], out[2] = bk[2];
+        continue;
+      }
+      float f[3];
+      if (fit) {
+        decontaminate(*fit, photo.width, photo.height, x, y, px, a, f);
+      } else {
+        for (int c = 0; c < 3; ++c) f[c] = static_cast<float>(px[c]) / 255.0F;
+      }
+      auto u8 = [](float v) {
+        const float s = v * 255.0F + 0.5F;
+        return s <= 0 ? std::uint8_t{0} : s >= 255 ? std::uint8_t{255} : static_cast<std::uint8_t>(s);
+      };
+      if (ch == 4) {
+        out[0] = u8(f[0]), out[1] = u8(f[1]), out[2] = u8(f[2]), out[3] = a;
+        continue;
+      }
+      const float al = static_cast<float>(a) / 255.0F;
+      for (int c = 0; c < 3; ++c) out[c] = u8(al * f[c] + (1 - al) * (static_cast<float>(bk[c]) / 255.0F));
+    }
+  }
+}
+
+torch::Tensor composite_matte(const torch::Tensor& image, const Matte& matte, const Backdrop& backdrop,
+                              Rect rect) {
+  check_image(image);
+  if (!matte.alpha.defined() || matte.alpha.dim() != 2 || matte.alpha.size(0) != image.size(0) ||
+      matte.alpha.size(1) != image.size(1)) {
+    throw Error("matte", "expected an alpha of the image's size");
+  }
+  c10::InferenceMode guard;
+  Image photo;
+  photo.height = static_cast<int>(image.size(0));
+  photo.width = static_cast<int>(image.size(1));
+  const torch::Tensor rgb = image.to(torch::kCPU).contiguous();
+  photo.pixels.assign(rgb.data_ptr<std::uint8_t>(), rgb.data_ptr<std::uint8_t>() + rgb.numel());
+  const torch::Tensor alpha = matte.alpha.to(torch::kCPU).contiguous();
+  if (rect.width() <= 0 || rect.height() <= 0) rect = {0, 0, photo.width, photo.height};
+  torch::Tensor out = torch::empty({rect.height(), rect.width(), backdrop.channels()}, torch::kUInt8);
+  const bool cpu_fit = matte.fit && matte.fit->fg.device().is_cpu();
+  composite_matte(photo, alpha.data_ptr<std::uint8_t>(), cpu_fit ? matte.fit.get() : nullptr, backdrop, rect,
+                  out.data_ptr<std::uint8_t>());
+  return out;
+}
+
+std::vector<std::uint8_t> encode_matte_cutout(Image& photo, const std::uint8_t* alpha, const RefineFit* fit,
+                                              const Backdrop& backdrop, const Rect& rect, int jpeg_quality,
+                                              bool in_place) {
+  if (backdrop.transparent()) {
+    return encode_png_rows(rect.width(), rect.height(), 4, [&](int y, std::uint8_t* dst) {
+      composite_matte(photo, alpha, fit, backdrop, Rect{rect.x0, rect.y0 + y, rect.x1, rect.y0 + y + 1}, dst);
+    });
+  }
+  const bool whole = rect.x0 == 0 && rect.y0 == 0 && rect.x1 == photo.width && rect.y1 == photo.height;
+  if (whole && in_place) {
+    composite_matte(photo, alpha, fit, backdrop, rect, photo.pixels.data());
+    return encode_jpeg(photo, jpeg_quality);
+  }
+  Image out;
+  out.width = rect.width();
+  out.height = rect.height();
+  out.pixels.resize(static_cast<std::size_t>(out.width) * out.height * 3);
+  composite_matte(photo, alpha, fit, backdrop, rect, out.pixels.data());
+  return encode_jpeg(out, jpeg_quality);
 }
 
 }  // namespace carseg

@@ -102,6 +102,30 @@ bool is_hex64(const std::string& s) {
 
 }  // namespace
 
+std::pair<int, int> RefineSpec::small_shape(int height, int width) const {
+  auto fit = [&](int side) {
+    return std::max(1, static_cast<int>(std::nearbyint(static_cast<double>(side) / subsample)));
+  };
+  return {fit(height), fit(width)};
+}
+
+int RefineSpec::small_radius() const {
+  return std::max(1, static_cast<int>(std::nearbyint(static_cast<double>(radius) / subsample)));
+}
+
+void RefineSpec::validate() const {
+  if (radius < 1 || radius > kMaxRadius)
+    throw OptionError("refine", "radius: expected an integer in [1, " + std::to_string(kMaxRadius) +
+                                    "], got " + std::to_string(radius));
+  if (subsample < 1 || subsample > kMaxSubsample)
+    throw OptionError("refine", "subsample: expected an integer in [1, " +
+                                    std::to_string(kMaxSubsample) + "], got " + std::to_string(subsample));
+  if (!(eps > 0 && eps <= 1))
+    throw OptionError("refine", "eps: expected a number in (0, 1], got " + std::to_string(eps));
+  if (!(softness > 0 && softness <= 1))
+    throw OptionError("refine", "softness: expected a number in (0, 1], got " + std::to_string(softness));
+}
+
 std::pair<int, int> PreprocessSpec::resized_shape(int height, int width) const {
   if (height < 1 || width < 1) {
     throw Error("image", "expected at least 1x1, got " + std::to_string(width) + "x" +
@@ -224,6 +248,33 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
     const std::string logits = "logits";
     const std::string kind = r.string(out, "kind", "output.", &logits);
     if (kind != "logits") r.fail("output.kind: only \"logits\" is supported, got " + quote(kind));
+    if (out.contains("refine")) {
+      const json& ref = r.object(out, "refine", "output.");
+      static const std::set<std::string> kRefine = {"method", "radius", "eps", "subsample", "softness"};
+      for (const auto& [key, value] : ref.items()) {
+        if (!kRefine.count(key)) r.fail("output.refine: unknown field " + quote(key));
+      }
+      const std::string guided = "guided";
+      const std::string method = r.string(ref, "method", "output.refine.", &guided);
+      if (method != "guided") r.fail("output.refine.method: only \"guided\" is supported, got " + quote(method));
+      RefineSpec spec;
+      auto integer = [&](const char* key, int fallback, int most) {
+        const double v = r.number(ref, key, "output.refine.", fallback, 1, most);
+        if (v != std::floor(v))
+          r.fail(std::string("output.refine.") + key + ": expected an integer, got " + quote(ref.at(key)));
+        return static_cast<int>(v);
+      };
+      spec.radius = integer("radius", spec.radius, RefineSpec::kMaxRadius);
+      spec.subsample = integer("subsample", spec.subsample, RefineSpec::kMaxSubsample);
+      spec.eps = r.number(ref, "eps", "output.refine.", spec.eps, 0, 1);
+      spec.softness = r.number(ref, "softness", "output.refine.", spec.softness, 0, 1);
+      try {
+        spec.validate();
+      } catch (const Error& e) {
+        r.fail("output.refine." + e.reason());
+      }
+      m.refine_ = spec;
+    }
   }
 
   const json& arts = r.object(j, "artifacts", "");

@@ -44,7 +44,7 @@ bool same_folder(const fs::path& a, const fs::path& b) {
 struct Item {
   std::size_t index = 0;
   Image image;
-  torch::Tensor mask;
+  Matte matte;
   std::int64_t reserved = 0;
 };
 
@@ -63,9 +63,17 @@ fs::path cutout_path(const fs::path& output, const fs::path& photo, Background b
   return output / (photo.stem().string() + "_cutout" + cutout_suffix(background));
 }
 
+fs::path cutout_path(const fs::path& output, const fs::path& photo, const Backdrop& backdrop) {
+  return output / (photo.stem().string() + "_cutout" + backdrop.suffix());
+}
+
+fs::path matte_path(const fs::path& output, const fs::path& photo) {
+  return output / (photo.stem().string() + "_alpha.png");
+}
+
 bool is_output_name(const fs::path& path) {
   const std::string stem = path.stem().string();
-  return ends_with(stem, "_mask") || ends_with(stem, "_cutout");
+  return ends_with(stem, "_mask") || ends_with(stem, "_cutout") || ends_with(stem, "_alpha");
 }
 
 bool is_photo_name(const fs::path& path) {
@@ -173,14 +181,15 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   // Everything that refuses a photo is checked before any byte of it is decoded or written.
   auto refuse_early = [&](std::size_t i, const ImageInfo& info) {
     const std::string name = photos[i].string();
-    if (opt.cutout == Background::kWhite && std::max(info.width, info.height) > kMaxJpegSide) {
+    if (opt.cutout && !opt.cutout->transparent() && std::max(info.width, info.height) > kMaxJpegSide) {
       throw Error(name, "is " + std::to_string(info.width) + "x" + std::to_string(info.height) +
                             ": too large for a JPEG cutout (JPEG's sides are at most " +
                             std::to_string(kMaxJpegSide) + " pixels); use a transparent (PNG) cutout");
     }
     if (opt.write && !opt.overwrite) {
       for (const fs::path& out : {mask_path(output, photos[i]),
-                                  opt.cutout ? cutout_path(output, photos[i], *opt.cutout) : fs::path()}) {
+                                  opt.cutout ? cutout_path(output, photos[i], *opt.cutout) : fs::path(),
+                                  opt.matte ? matte_path(output, photos[i]) : fs::path()}) {
         if (!out.empty() && name_taken(out)) {
           throw Error(name, out.string() + " exists, and this run did not write it; not "
                                            "replaced (remove it, write elsewhere, or overwrite)");
@@ -197,8 +206,8 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         const std::vector<std::uint8_t> bytes = read_file(photos[i]);
         const ImageInfo info = peek_image(bytes, photos[i].string(), opt.max_pixels);
         refuse_early(i, info);
-        // The photo's pixels and its mask: 4 bytes a pixel, reserved before decoding.
-        const std::int64_t need = 4LL * info.width * info.height;
+        // The photo's pixels, its mask and its matte: 5 bytes a pixel, reserved before decoding.
+        const std::int64_t need = 5LL * info.width * info.height;
         if (!budget.acquire(need)) return;  // the run was abandoned
         reserved = need;
         Item item;
@@ -222,23 +231,34 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
       Item& item = items[0];
       const std::size_t i = item.index;
       try {
-        const torch::Tensor mask = item.mask.contiguous();
+        const torch::Tensor mask = item.matte.mask.contiguous();
+        const torch::Tensor alpha = item.matte.alpha.contiguous();
         const auto* m = mask.data_ptr<std::uint8_t>();
+        const auto* a = alpha.data_ptr<std::uint8_t>();
         PhotoResult& r = report.results[i];
         r.width = item.image.width;
         r.height = item.image.height;
         const auto car = std::count_if(m, m + mask.numel(), [](std::uint8_t v) { return v != 0; });
         r.foreground = static_cast<double>(car) / static_cast<double>(std::max<int64_t>(1, mask.numel()));
         r.mask = mask_path(output, photos[i]);
+        // Everything is encoded before anything is written.
         const std::vector<std::uint8_t> png = encode_mask_png(m, r.width, r.height);
-        std::vector<std::uint8_t> cut;
+        std::vector<std::uint8_t> matte_png, cut;
+        if (opt.matte) {
+          r.matte = matte_path(output, photos[i]);
+          matte_png = encode_png(a, r.width, r.height, 1);
+        }
         if (opt.cutout) {
           r.cutout = cutout_path(output, photos[i], *opt.cutout);
-          // Last use of the photo: a white background is painted into its own pixels.
-          cut = encode_cutout_in_place(item.image, m, *opt.cutout, opt.jpeg_quality);
+          const Rect rect = opt.crop_margin >= 0 ? crop_box(a, r.width, r.height, opt.crop_margin)
+                                                 : Rect{0, 0, r.width, r.height};
+          // Last use of the photo: a JPEG cutout is painted into its own pixels.
+          cut = encode_matte_cutout(item.image, a, item.matte.fit.get(), *opt.cutout, rect,
+                                    opt.jpeg_quality, /*in_place=*/true);
         }
-        if (opt.write) {  // both encoded before either is written
+        if (opt.write) {
           write_file_atomic(r.mask, png, opt.overwrite);
+          if (opt.matte) write_file_atomic(r.matte, matte_png, opt.overwrite);
           if (opt.cutout) write_file_atomic(r.cutout, cut, opt.overwrite);
         }
         buffers.give(std::move(item.image.pixels));
@@ -282,9 +302,9 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
                                         torch::kUInt8));
     }
     try {
-      std::vector<torch::Tensor> masks = predictor_.predict_batch(images);
+      std::vector<Matte> mattes = predictor_.predict_mattes(images);
       for (std::size_t k = 0; k < items.size(); ++k) {
-        items[k].mask = std::move(masks[k]);
+        items[k].matte = std::move(mattes[k]);
         inferred.push(std::move(items[k]));
       }
     } catch (const std::exception& e) {

@@ -9,6 +9,7 @@
 #include "carseg/error.h"
 #include "carseg/image_io.h"
 #include "carseg/preprocess.h"
+#include "carseg/refine.h"
 #include "detail/backend.h"
 #include "detail/cuda_executor.h"
 
@@ -65,6 +66,7 @@ struct Predictor::Impl {
   std::unique_ptr<detail::Backend> backend;
   std::unique_ptr<detail::CudaExecutor> cuda;  // after backend: destroyed before it; null on CPU
   std::unique_ptr<Preprocessor> pre;
+  std::optional<RefineSpec> refine;  // the manifest's, unless options.refine is false
   torch::ScalarType run_dtype = torch::kFloat32;
   bool channels_last = false;
   mutable std::mutex mu;
@@ -90,14 +92,12 @@ struct Predictor::Impl {
     return logits;
   }
 
-  // Per image: logits [H, W] at its own size -> what the caller returns (on the CPU).
-  using Finish = torch::Tensor (*)(const torch::Tensor& logits_hw, double threshold);
-
-  // Images -> finish(logits [H, W]) each, on the CPU. On the CPU only the forward pass holds
-  // the lock, so that one call's pre/post-processing overlaps another call's forward; on CUDA
-  // the whole call holds it (stream, pinned buffer and graphs are shared, and a graph's output
-  // is only valid until the next replay).
-  std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images, Finish finish) {
+  // Photos -> per(i, logits [1, S, S], photo) each, on the predictor's device. On the CPU only
+  // the forward pass holds the lock, so that one call's pre/post-processing overlaps another
+  // call's forward; on CUDA the whole call holds it (stream, pinned buffer and graphs are shared,
+  // and a graph's output is only valid until the next replay).
+  template <class T, class PerImage>
+  std::vector<T> run_each(const std::vector<torch::Tensor>& images, PerImage per) {
     c10::InferenceMode guard;
     if (images.empty()) throw Error("images", "expected at least one image, got an empty list");
     for (const auto& im : images) {
@@ -108,40 +108,74 @@ struct Predictor::Impl {
                                  std::to_string(im.size(1)));
       }
     }
-    const bool fused = !options.exact && device.is_cpu();
-    auto postprocess = [&](const torch::Tensor& logits) {
-      std::vector<torch::Tensor> out;
+    auto each = [&](const torch::Tensor& logits, const std::vector<torch::Tensor>& on_device) {
+      std::vector<T> out;
       out.reserve(images.size());
       for (std::size_t i = 0; i < images.size(); ++i) {
-        const int h = static_cast<int>(images[i].size(0)), w = static_cast<int>(images[i].size(1));
-        if (fused && finish == &Preprocessor::mask_from_logits) {
-          out.push_back(pre->mask_fused(logits[static_cast<int64_t>(i)], h, w, threshold));
-          continue;
-        }
-        const torch::Tensor hw = pre->postprocess_logits(logits[static_cast<int64_t>(i)], h, w);
-        // Threshold on the device, then copy only the result back.
-        out.push_back(finish(hw, threshold).to(torch::kCPU));
+        out.push_back(per(i, logits[static_cast<int64_t>(i)], on_device[i]));
       }
       return out;
     };
     if (cuda) {
       std::lock_guard lock(mu);
-      std::vector<torch::Tensor> out;
+      std::vector<T> out;
       cuda->on_stream([&] {
-        out = postprocess(forward_locked(pre->preprocess_batch(cuda->upload(images)), true));
+        const std::vector<torch::Tensor> up = cuda->upload(images);
+        out = each(forward_locked(pre->preprocess_batch(up), true), up);
       });
       return out;
     }
     bool cpu_images = true;
     for (const auto& im : images) cpu_images = cpu_images && im.device().is_cpu();
-    const torch::Tensor batch = fused && cpu_images ? pre->preprocess_batch_fused(images)
-                                                    : pre->preprocess_batch(images);
+    const bool fused = !options.exact && cpu_images;
+    const torch::Tensor batch = fused ? pre->preprocess_batch_fused(images) : pre->preprocess_batch(images);
     torch::Tensor logits;
     {
       std::lock_guard lock(mu);
       logits = forward_locked(batch, true);
     }
-    return postprocess(logits);
+    std::vector<torch::Tensor> on_cpu;
+    on_cpu.reserve(images.size());
+    for (const auto& im : images) on_cpu.push_back(im.to(torch::kCPU));
+    return each(logits, on_cpu);
+  }
+
+  // Logits [1, S, S] of a photo -> its mask at its own size, on the CPU: the refinement where
+  // there is one, else the resized logits thresholded.
+  Matte matte(const torch::Tensor& logits, const torch::Tensor& image) const {
+    const int h = static_cast<int>(image.size(0)), w = static_cast<int>(image.size(1));
+    Matte m;
+    if (refine) {
+      const auto [sh, sw] = refine->small_shape(h, w);
+      auto fit = std::make_shared<RefineFit>(
+          fit_refinement(image, pre->postprocess_logits(logits, sh, sw), *refine, threshold));
+      m = apply_refinement(image, fit);
+      m.mask = m.mask.to(torch::kCPU);
+      m.alpha = m.alpha.to(torch::kCPU);
+      if (!fit->a.device().is_cpu()) {  // cutouts decontaminate on the CPU: a small copy
+        auto cpu = std::make_shared<RefineFit>(*fit);
+        for (torch::Tensor* t : {&cpu->a, &cpu->b, &cpu->fg, &cpu->bg}) *t = t->to(torch::kCPU).contiguous();
+        m.fit = std::move(cpu);
+      }
+      return m;
+    }
+    if (!options.exact && device.is_cpu()) {
+      m.mask = pre->mask_fused(logits, h, w, threshold);
+    } else {
+      // Threshold on the device, then copy only the result back.
+      m.mask = Preprocessor::mask_from_logits(pre->postprocess_logits(logits, h, w), threshold).to(torch::kCPU);
+    }
+    m.alpha = m.mask * 255;
+    return m;
+  }
+
+  // Per photo, logits [H, W] at its own size -> finish(...) on the CPU.
+  std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images,
+                                 torch::Tensor (*finish)(const torch::Tensor&)) {
+    return run_each<torch::Tensor>(images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+      return finish(pre->postprocess_logits(logits, static_cast<int>(im.size(0)), static_cast<int>(im.size(1))))
+          .to(torch::kCPU);
+    });
   }
 };
 
@@ -162,6 +196,11 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
   m.run_dtype = m.backend->input_dtype();
   m.channels_last = m.device.is_cuda() && options.precision == Precision::kFp16;
   m.pre = std::make_unique<Preprocessor>(m.manifest.preprocessing(), m.device);
+  if (options.refine && m.manifest.refine()) {
+    m.refine = *m.manifest.refine();
+    if (options.softness) m.refine->softness = *options.softness;
+    m.refine->validate();
+  }
   if (m.device.is_cuda()) m.cuda = std::make_unique<detail::CudaExecutor>(*m.backend, m.device);
 
   auto warm_up = [&] {
@@ -187,22 +226,40 @@ torch::Tensor Predictor::predict(const torch::Tensor& image) const {
 }
 
 std::vector<torch::Tensor> Predictor::predict_logits(const std::vector<torch::Tensor>& images) const {
-  return impl_->run(images, [](const torch::Tensor& logits, double) { return logits; });
+  return impl_->run(images, [](const torch::Tensor& logits) { return logits; });
 }
 
 std::vector<torch::Tensor> Predictor::predict_probabilities(
     const std::vector<torch::Tensor>& images) const {
-  return impl_->run(images,
-                    [](const torch::Tensor& logits, double) { return torch::sigmoid(logits); });
+  return impl_->run(images, [](const torch::Tensor& logits) { return torch::sigmoid(logits); });
+}
+
+std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& images) const {
+  return impl_->run_each<Matte>(images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+    return impl_->matte(logits, im);
+  });
 }
 
 std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Tensor>& images) const {
-  return impl_->run(images, &Preprocessor::mask_from_logits);
+  return impl_->run_each<torch::Tensor>(
+      images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+        return impl_->matte(logits, im).mask;
+      });
 }
 
 torch::Tensor Predictor::cutout(const torch::Tensor& image, Background background) const {
-  const torch::Tensor mask = predict(image);
-  return composite_cutout(image, mask, background);
+  return cutout(image, Backdrop(background));
+}
+
+torch::Tensor Predictor::cutout(const torch::Tensor& image, const Backdrop& backdrop, int crop_margin) const {
+  const Matte m = predict_mattes({image})[0];
+  Rect rect;
+  if (crop_margin >= 0) {
+    const torch::Tensor alpha = m.alpha.contiguous();
+    rect = crop_box(alpha.data_ptr<std::uint8_t>(), static_cast<int>(image.size(1)),
+                    static_cast<int>(image.size(0)), crop_margin);
+  }
+  return composite_matte(image, m, backdrop, rect);
 }
 
 torch::Tensor Predictor::forward(const torch::Tensor& batch, bool allow_graphs) const {
@@ -227,6 +284,7 @@ void Predictor::synchronize() const {
 const Manifest& Predictor::manifest() const { return impl_->manifest; }
 torch::Device Predictor::device() const { return impl_->device; }
 double Predictor::threshold() const { return impl_->threshold; }
+const std::optional<RefineSpec>& Predictor::refine() const { return impl_->refine; }
 Precision Predictor::precision() const { return impl_->options.precision; }
 std::string Predictor::backend_name() const { return impl_->backend->name(); }
 int Predictor::input_size() const { return impl_->pre->spec().size; }

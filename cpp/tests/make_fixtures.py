@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     # Regenerate when this script, the reference preprocessing, the models or the exporter change.
     h = hashlib.sha256()
-    for f in [Path(__file__), ROOT / "python" / "carseg" / "preprocess.py",
-              ROOT / "python" / "carseg" / "models.py", *sorted((ROOT / "export").glob("*.py"))]:
+    for f in [Path(__file__), *sorted((ROOT / "python" / "carseg" / "runtime").glob("*.py")),
+              ROOT / "python" / "carseg" / "train" / "models.py",
+              *sorted((ROOT / "export").glob("*.py"))]:
         if f.is_file():
             h.update(f.read_bytes())
     stamp = h.hexdigest()
@@ -210,6 +211,23 @@ def main(argv: list[str] | None = None) -> int:
     for e, post in zip(images, posts, strict=True):
         write_raw(out / f"{e['name']}.ref_logits.f32", post)
         write_raw(out / f"{e['name']}.ref_mask.u8", mask_from_logits(post, threshold))
+
+    # The refinement (output.refine, RefineSpec's defaults) through the Python reference: mask,
+    # alpha matte, and cutouts on white, on a colour and transparent, from the same logits.
+    from carseg.runtime import refine
+
+    rspec = refine.RefineSpec()
+    backdrops = {"white": torch.tensor([255, 255, 255], dtype=torch.uint8),
+                 "colour": torch.tensor([0x33, 0x66, 0xcc], dtype=torch.uint8), "rgba": None}
+    for i, (e, t) in enumerate(zip(images, tensors, strict=True)):
+        small = postprocess_logits(batch_logits[i], rspec.small_shape(e["h"], e["w"]), spec)
+        fit = refine.fit(t, small, rspec, threshold)
+        mask, alpha = refine.matte(t, fit)
+        write_raw(out / f"{e['name']}.refined_mask.u8", mask)
+        write_raw(out / f"{e['name']}.alpha.u8", refine.to_u8(alpha))
+        for key, back in backdrops.items():
+            write_raw(out / f"{e['name']}.cutout_{key}.u8",
+                      refine.composite_soft(t, alpha, fit, back))
 
     cases = {"specs": {k: v.to_json() for k, v in specs.items()}, "images": images,
              "resized": resized, "threshold": threshold, "model_source": source,

@@ -125,7 +125,7 @@ TEST(FusedMask, RejectsBadLogitsAndThreshold) {
 TEST(FastPredictor, AgreesWithPythonReference) {
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  carseg::PredictorOptions o;
+  carseg::PredictorOptions o = carseg::test::unrefined();
   o.exact = false;
   o.onednn_fusion = true;
   o.backend = carseg::BackendKind::kTorchScript;

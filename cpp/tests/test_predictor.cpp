@@ -23,7 +23,7 @@ using nlohmann::json;
 TEST(Predictor, BatchMatchesPythonReference) {
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  const carseg::Predictor predictor(fixtures() / "model");
+  const carseg::Predictor predictor(fixtures() / "model", carseg::test::unrefined());
   EXPECT_EQ(predictor.backend_name(), "torchscript");
   EXPECT_DOUBLE_EQ(predictor.threshold(), c["threshold"].get<double>());
   std::vector<torch::Tensor> images;
@@ -50,7 +50,7 @@ TEST(Predictor, BatchMatchesPythonReference) {
 TEST(Predictor, SingleImageAgreesWithBatchAndHasNontrivialMask) {
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  const carseg::Predictor predictor(fixtures() / "model");
+  const carseg::Predictor predictor(fixtures() / "model", carseg::test::unrefined());
   const json& e = c["images"][4];  // 480 x 640
   const torch::Tensor mask = predictor.predict(carseg::test::png_photo(e));
   EXPECT_GE(iou(mask, ref_mask(e)), 0.999);

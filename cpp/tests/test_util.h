@@ -18,6 +18,7 @@
 
 #include "carseg/error.h"
 #include "carseg/image_io.h"
+#include "carseg/predictor.h"
 
 namespace carseg::test {
 
@@ -106,6 +107,21 @@ inline torch::Tensor ref_mask(const nlohmann::json& e) {
   std::vector<std::uint8_t> m =
       read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + ".ref_mask.u8"));
   return torch::from_blob(m.data(), {e["h"].get<int>(), e["w"].get<int>()}, torch::kUInt8).clone();
+}
+
+/// A fixture's raw uint8 file NAME.<suffix> as [H, W] or [H, W, channels].
+inline torch::Tensor fixture_u8(const nlohmann::json& e, const std::string& suffix, int channels = 0) {
+  std::vector<std::uint8_t> m = read_raw<std::uint8_t>(fixtures() / (e["name"].get<std::string>() + suffix));
+  std::vector<int64_t> shape = {e["h"].get<int>(), e["w"].get<int>()};
+  if (channels) shape.push_back(channels);
+  return torch::from_blob(m.data(), shape, torch::kUInt8).clone();
+}
+
+/// Options for the model's own contract (the reference's unrefined masks): no refinement.
+inline carseg::PredictorOptions unrefined() {
+  carseg::PredictorOptions o;
+  o.refine = false;
+  return o;
 }
 
 /// The Python reference predictor's logits for fixture image `e`: float32 [H, W].

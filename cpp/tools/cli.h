@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -113,9 +114,21 @@ struct Common {
     else if (flag == "--no-graphs") options.use_cuda_graphs = false;
     else if (flag == "--exact") options.exact = true;
     else if (flag == "--onednn-fusion") options.onednn_fusion = true;
+    else if (flag == "--no-refine") options.refine = false;
+    else if (flag == "--softness") options.softness = number(flag, args.value(flag), 0, 1);
     else if (flag == "-v" || flag == "--verbose") verbose = true;
     else return false;
     return true;
+  }
+
+  static double number(const std::string& flag, const std::string& v, double lo, double hi) {
+    char* end = nullptr;
+    const double d = std::strtod(v.c_str(), &end);
+    if (v.empty() || *end != '\0' || !(d > lo && d <= hi)) {
+      throw UsageError(flag + ": expected a number in (" + std::to_string(lo).substr(0, 3) + ", " +
+                       std::to_string(hi).substr(0, 3) + "], got \"" + v + "\"");
+    }
+    return d;
   }
 
   [[nodiscard]] carseg::Predictor load(const std::string& command) const {
@@ -131,8 +144,13 @@ struct Common {
   }
 
   [[nodiscard]] json describe(const carseg::Predictor& p) const {
+    json refine = nullptr;
+    if (p.refine()) {
+      refine = {{"radius", p.refine()->radius}, {"eps", p.refine()->eps},
+                {"subsample", p.refine()->subsample}, {"softness", p.refine()->softness}};
+    }
     return {{"model", model.string()}, {"backend", p.backend_name()}, {"device", p.device().str()},
-            {"precision", carseg::to_string(options.precision)}};
+            {"precision", carseg::to_string(options.precision)}, {"refine", refine}};
   }
 };
 

@@ -24,6 +24,14 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --batch N            images per forward pass (default 8)
   --threshold T        mask threshold in (0, 1) (default: manifest's output.threshold)
   --cutout MODE        white (JPEG, default), transparent (PNG with alpha) or none
+  --background B       what is behind the car in the cutout: white (default), transparent
+                       (PNG), #RRGGBB, or an image file (resized to each photo)
+  --crop MARGIN        crop the cutout to the car's box grown by MARGIN pixels a side
+  --matte              also write NAME_alpha.png, the alpha matte (0 background, 255 car)
+  --quality Q          JPEG quality of the cutouts, 1-100 (default 95)
+  --no-refine          the model's mask resized, without the manifest's full-resolution
+                       refinement (output.refine; on by default where the manifest has it)
+  --softness S         width of the matte's soft edge in (0, 1] (default: the manifest's)
   --workers N          decode/encode threads, each side (default 2)
   --report FILE.json   per-input results and errors as JSON
   --backend B          auto (default), torchscript or aoti
@@ -71,8 +79,16 @@ int cmd_infer(int argc, char** argv) {
     } else if (flag == "--cutout") {
       const std::string m = args.value(flag);
       if (m == "none") opt.cutout.reset();
-      else if (m == "white" || m == "transparent") opt.cutout = carseg::parse_background(m);
+      else if (m == "white" || m == "transparent") opt.cutout = carseg::Backdrop::parse(m);
       else throw UsageError("--cutout: expected white, transparent or none, got \"" + m + "\"");
+    } else if (flag == "--background") {
+      opt.cutout = carseg::Backdrop::parse(args.value(flag));
+    } else if (flag == "--crop") {
+      opt.crop_margin = static_cast<int>(args.integer(flag, 0, 1 << 20));
+    } else if (flag == "--matte") {
+      opt.matte = true;
+    } else if (flag == "--quality") {
+      opt.jpeg_quality = static_cast<int>(args.integer(flag, 1, 100));
     } else if (flag == "--workers") {
       opt.workers = static_cast<int>(args.integer(flag, 1, 256));
     } else if (flag == "--report") {
@@ -110,6 +126,11 @@ int cmd_infer(int argc, char** argv) {
   carseg::PipelineReport r;
   try {
     predictor.emplace(common.load("infer"));
+    const auto& rs = predictor->refine();
+    std::cerr << "carseg_infer: " << predictor->device().str() << " " << carseg::to_string(predictor->precision())
+              << " " << predictor->backend_name() << ", refinement "
+              << (rs ? "r=" + std::to_string(rs->radius) + " subsample " + std::to_string(rs->subsample) : "off")
+              << ", cutout " << (opt.cutout ? opt.cutout->describe() : "none") << "\n";
     r = carseg::Pipeline(*predictor, opt).run(photos, output);
   } catch (const std::exception& e) {
     if (report) {
@@ -125,7 +146,8 @@ int cmd_infer(int argc, char** argv) {
       items.push_back({{"input", p.input.string()}, {"ok", true}, {"width", p.width},
                        {"height", p.height}, {"mask", p.mask.string()},
                        {"foreground_fraction", p.foreground},
-                       {"cutout", p.cutout.empty() ? json(nullptr) : json(p.cutout.string())}});
+                       {"cutout", p.cutout.empty() ? json(nullptr) : json(p.cutout.string())},
+                       {"matte", p.matte.empty() ? json(nullptr) : json(p.matte.string())}});
     } else {
       std::cerr << "carseg_infer: error: " << p.error << "\n";
       items.push_back({{"input", p.input.string()}, {"ok", false}, {"error", p.error}});
@@ -140,6 +162,7 @@ int cmd_infer(int argc, char** argv) {
     json j = common.describe(*predictor);
     j.update({{"command", "infer"}, {"ok", r.failed() == 0}, {"threshold", predictor->threshold()},
               {"batch", opt.batch},
+              {"background", opt.cutout ? json(opt.cutout->describe()) : json(nullptr)},
               {"inputs", r.results.size()}, {"succeeded", r.succeeded()}, {"failed", r.failed()},
               {"seconds", r.seconds}, {"images_per_second", r.images_per_second()},
               {"results", items}, {"errors", errors}});

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +22,24 @@ struct PreprocessSpec {
   /// (h', w') after fitting the longest side to `size`, round-half-to-even as Python's round.
   [[nodiscard]] std::pair<int, int> resized_shape(int height, int width) const;
   /// Throws carseg::Error("preprocessing", ...) when a field is out of range.
+  void validate() const;
+};
+
+/// manifest.json's output.refine (python/carseg/runtime/refine.py RefineSpec): the guided
+/// filter that turns the model's logits into the mask and alpha matte at the photo's size.
+struct RefineSpec {
+  int radius = 64;        // window radius, pixels of the photo
+  double eps = 1e-4;      // regularization
+  int subsample = 8;      // coefficients fitted at 1/subsample of the photo's size
+  double softness = 0.5;  // soft edge: alpha = clamp((q - threshold) / softness + 0.5, 0, 1)
+
+  static constexpr int kMaxRadius = 4096;
+  static constexpr int kMaxSubsample = 64;
+  /// Where the coefficients are fitted: the photo's size / subsample, rounded half to even,
+  /// at least 1.
+  [[nodiscard]] std::pair<int, int> small_shape(int height, int width) const;
+  [[nodiscard]] int small_radius() const;
+  /// Throws OptionError("refine", ...) naming the field out of range.
   void validate() const;
 };
 
@@ -52,6 +71,8 @@ class Manifest {
   [[nodiscard]] std::filesystem::path dir() const { return path_.parent_path(); }
   [[nodiscard]] const PreprocessSpec& preprocessing() const { return preprocessing_; }
   [[nodiscard]] double threshold() const { return threshold_; }
+  /// output.refine, or nullopt (a manifest without it: the model's mask, resized).
+  [[nodiscard]] const std::optional<RefineSpec>& refine() const { return refine_; }
   [[nodiscard]] const std::string& arch() const { return arch_; }
   [[nodiscard]] const std::string& encoder_name() const { return encoder_name_; }
   [[nodiscard]] const std::map<std::string, ArtifactEntry>& artifacts() const { return artifacts_; }
@@ -77,6 +98,7 @@ class Manifest {
   std::filesystem::path path_;
   PreprocessSpec preprocessing_;
   double threshold_ = 0.5;
+  std::optional<RefineSpec> refine_;
   std::string arch_;
   std::string encoder_name_;
   std::map<std::string, ArtifactEntry> artifacts_;

@@ -22,7 +22,14 @@ namespace carseg {
 [[nodiscard]] std::filesystem::path cutout_path(const std::filesystem::path& output,
                                                 const std::filesystem::path& photo,
                                                 Background background);
-/// Whether a file name is one a run writes (NAME_mask.*, NAME_cutout.*).
+/// OUTPUT/NAME_cutout.jpg, or .png for a transparent backdrop.
+[[nodiscard]] std::filesystem::path cutout_path(const std::filesystem::path& output,
+                                                const std::filesystem::path& photo,
+                                                const Backdrop& backdrop);
+/// OUTPUT/NAME_alpha.png: the alpha matte (0..255).
+[[nodiscard]] std::filesystem::path matte_path(const std::filesystem::path& output,
+                                               const std::filesystem::path& photo);
+/// Whether a file name is one a run writes (NAME_mask.*, NAME_cutout.*, NAME_alpha.*).
 [[nodiscard]] bool is_output_name(const std::filesystem::path& path);
 /// Whether the extension is one of the photos a run reads (.jpg .jpeg .png .gif .bmp).
 [[nodiscard]] bool is_photo_name(const std::filesystem::path& path);
@@ -42,7 +49,9 @@ void prepare_output_folder(const std::filesystem::path& dir);
 struct PipelineOptions {
   int batch = 8;    // photos per forward pass
   int workers = 2;  // decode threads, and as many encode threads
-  std::optional<Background> cutout = Background::kWhite;  // nullopt: masks only
+  std::optional<Backdrop> cutout = Backdrop();  // white by default; nullopt: masks only
+  bool matte = false;    // also write NAME_alpha.png, the alpha matte
+  int crop_margin = -1;  // >= 0: crop the cutout to the car's box grown by this many pixels
   int jpeg_quality = 95;
   bool write = true;  // false: encode in memory only, write nothing (benchmarks)
   /// false: a photo whose output names are taken is refused, and nothing already in the output
@@ -64,6 +73,7 @@ struct PhotoResult {
   int height = 0;
   std::filesystem::path mask;    // written (or, with write = false, encoded) output
   std::filesystem::path cutout;  // empty when PipelineOptions::cutout is nullopt
+  std::filesystem::path matte;   // empty unless PipelineOptions::matte
   double foreground = 0;         // share of the photo's pixels that are car
 };
 

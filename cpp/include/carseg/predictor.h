@@ -11,6 +11,7 @@
 #include "carseg/cutout.h"
 #include "carseg/error.h"  // what the Predictor throws
 #include "carseg/manifest.h"
+#include "carseg/refine.h"
 
 namespace carseg {
 
@@ -44,6 +45,12 @@ struct PredictorOptions {
   /// pass over the pixels and no full-size float images; a mask pixel whose logit is within
   /// float rounding of the threshold can differ from the reference.
   bool exact = true;
+  /// Apply the manifest's output.refine (where it has one): the mask follows the photo's edges
+  /// at full resolution, and predict_mattes gives a soft alpha matte. false: the model's mask,
+  /// resized.
+  bool refine = true;
+  /// Overrides output.refine.softness (the width of the matte's soft edge, in (0, 1]).
+  std::optional<double> softness;
 };
 
 /// Loads an artifact folder (manifest.json + model file), checks it, warms it up, and turns
@@ -77,9 +84,16 @@ class Predictor {
   /// sigmoid of predict_logits.
   [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
       const std::vector<torch::Tensor>& images) const;
-  /// predict, then composite_cutout (cutout.h): uint8 [H, W, 3] (white) or [H, W, 4] (RGBA) on the CPU.
+  /// Per image its mask and alpha matte (refine.h), on the CPU; with refinement also the fit
+  /// that cutouts use to decontaminate the edge.
+  [[nodiscard]] std::vector<Matte> predict_mattes(const std::vector<torch::Tensor>& images) const;
+  /// The cutout (composite_matte, cutout.h): uint8 [H, W, 3] on white or [H, W, 4] RGBA, on the CPU.
   [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8,
                                      Background background) const;
+  /// The cutout on any backdrop; crop_margin >= 0 crops it to the car's box grown by that many
+  /// pixels.
+  [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8, const Backdrop& backdrop,
+                                     int crop_margin = -1) const;
   /// The model alone: preprocessed float [N, 3, S, S] (any device) -> logits [N, 1, S, S] on the
   /// predictor's device (CUDA graphs used when enabled and allow_graphs).
   [[nodiscard]] torch::Tensor forward(const torch::Tensor& batch, bool allow_graphs = true) const;
@@ -89,6 +103,8 @@ class Predictor {
   [[nodiscard]] const Manifest& manifest() const;
   [[nodiscard]] torch::Device device() const;
   [[nodiscard]] double threshold() const;
+  /// The refinement applied (nullopt: none).
+  [[nodiscard]] const std::optional<RefineSpec>& refine() const;
   /// The precision asked for in PredictorOptions.
   [[nodiscard]] Precision precision() const;
   [[nodiscard]] std::string backend_name() const;

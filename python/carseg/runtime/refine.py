@@ -84,7 +84,7 @@ class RefineSpec:
     radius: int = 64
     eps: float = 1e-4
     subsample: int = 8
-    softness: float = 1.0
+    softness: float = 0.5
     method: str = "guided"
 
     def __post_init__(self) -> None:

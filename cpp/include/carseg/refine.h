@@ -1,0 +1,56 @@
+#pragma once
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <memory>
+
+#include "carseg/manifest.h"  // RefineSpec
+
+namespace carseg {
+
+/// One photo's refinement, fitted at 1/subsample of its size (docs/manifest.md, output.refine;
+/// python/carseg/runtime/refine.py Fit): the guided filter's mean coefficients, with the
+/// filtered probability q = a . rgb + b for rgb in [0, 1], and the local mean colours of the car
+/// (fg) and of the background (bg) for colour decontamination. All float32 on the fit's device.
+struct RefineFit {
+  torch::Tensor a;   // [3, h, w]
+  torch::Tensor b;   // [h, w]
+  torch::Tensor fg;  // [3, h, w] in [0, 1]
+  torch::Tensor bg;  // [3, h, w] in [0, 1]
+  /// Per coefficient cell, the least and greatest colour of the photo's pixels it averages
+  /// ([3, h, w], CPU fits only): what lets apply_refinement skip the pixels whose value the
+  /// coefficients settle whatever their colour.
+  torch::Tensor lo, hi;
+  float threshold = 0.5F;
+  float softness = 0.5F;
+};
+
+/// The photo (uint8 [H, W, 3]) and the model's logits resized to spec.small_shape(H, W) (what
+/// Preprocessor::postprocess_logits gives for that size) -> the fit, on the photo's device.
+[[nodiscard]] RefineFit fit_refinement(const torch::Tensor& image_hwc_u8,
+                                       const torch::Tensor& logits_small, const RefineSpec& spec,
+                                       double threshold);
+
+/// A photo's mask and soft alpha matte at its own size, and what made them.
+struct Matte {
+  torch::Tensor mask;   // uint8 [H, W] in {0, 1}: q > threshold
+  torch::Tensor alpha;  // uint8 [H, W]: clamp((q - threshold) / softness + 0.5, 0, 1) * 255, rounded
+  std::shared_ptr<const RefineFit> fit;  // null when the mask was not refined (alpha = mask * 255)
+};
+
+/// The fit applied at the photo's size. On the CPU only the pixels whose coefficients and
+/// colour range leave q undecided are computed (the rest are 0 or 1 by the bound, exactly);
+/// elsewhere torch ops over every pixel, as the Python reference. Both give the reference's
+/// values up to float rounding. `undecided`, when given, receives the share of pixels computed.
+[[nodiscard]] Matte apply_refinement(const torch::Tensor& image_hwc_u8,
+                                     std::shared_ptr<const RefineFit> fit,
+                                     double* undecided = nullptr);
+
+/// The decontaminated colour of the car at pixel (x, y) of a `width` x `height` photo whose
+/// colour there is `rgb` and alpha `alpha` (1..254), as refine.foreground in Python: with the
+/// local means F', B', F = F' + a (I - a F' - (1 - a) B'), clamped to [0, 1]. CPU fits only.
+void decontaminate(const RefineFit& fit, int width, int height, int x, int y,
+                   const std::uint8_t* rgb, std::uint8_t alpha, float* out);
+
+}  // namespace carseg

@@ -1,0 +1,295 @@
+#include "carseg/refine.h"
+
+#include <ATen/ops/linalg_solve.h>
+#include <ATen/ops/upsample_bilinear2d.h>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cstring>
+#include <sstream>
+#include <vector>
+
+#include "carseg/error.h"
+#include "carseg/preprocess.h"
+
+namespace carseg {
+namespace {
+
+// Mean over the (2r+1)^2 window of [..., H, W], clipped at the border, by running sums in float64
+// (refine.box in Python, op for op).
+torch::Tensor box(const torch::Tensor& x, int r) {
+  auto along = [&](const torch::Tensor& t, int64_t dim) {
+    const int64_t n = t.size(dim);
+    torch::Tensor c = torch::cumsum(t, dim, torch::kFloat64);
+    c = torch::cat({torch::zeros_like(c.narrow(dim, 0, 1)), c}, dim);
+    const torch::Tensor idx = torch::arange(n, torch::TensorOptions().device(t.device()));
+    const torch::Tensor hi = (idx + r + 1).clamp_max(n), lo = (idx - r).clamp_min(0);
+    std::vector<int64_t> shape(static_cast<std::size_t>(t.dim()), 1);
+    shape[static_cast<std::size_t>(dim)] = n;
+    const torch::Tensor count = (hi - lo).to(torch::kFloat64).view(shape);
+    return (c.index_select(dim, hi) - c.index_select(dim, lo)) / count;
+  };
+  return along(along(x, x.dim() - 1), x.dim() - 2).to(x.scalar_type());
+}
+
+// The guided filter's mean coefficients (refine.guided_coefficients): a [3, h, w], b [h, w].
+std::pair<torch::Tensor, torch::Tensor> guided_coefficients(const torch::Tensor& guide,
+                                                            const torch::Tensor& p, int r, double eps) {
+  const torch::Tensor mi = box(guide, r), mp = box(p, r);
+  const torch::Tensor cov = box(guide * p, r) - mi * mp;
+  torch::Tensor sigma = box(guide.unsqueeze(1) * guide.unsqueeze(0), r) - mi.unsqueeze(1) * mi.unsqueeze(0);
+  sigma = sigma + eps * torch::eye(3, guide.options()).unsqueeze(-1).unsqueeze(-1);
+  torch::Tensor a = at::linalg_solve(sigma.permute({2, 3, 0, 1}), cov.permute({1, 2, 0}).unsqueeze(-1))
+                        .select(-1, 0)
+                        .permute({2, 0, 1});
+  const torch::Tensor b = mp - (a * mi).sum(0);
+  return {box(a, r), box(b, r)};
+}
+
+torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softness) {
+  return ((q - threshold) / softness + 0.5).clamp_(0, 1);
+}
+
+// Adaptive average pooling of a uint8 photo to [3, h, w] in [0, 1] (output cell i covers rows
+// floor(i*H/h) to ceil((i+1)*H/h), as torch's), by exact integer sums, with each cell's least
+// and greatest colour.
+void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean, float* lo, float* hi) {
+  std::vector<std::uint32_t> sum(static_cast<std::size_t>(W) * 3);
+  std::vector<std::uint8_t> rmin(static_cast<std::size_t>(W) * 3), rmax(static_cast<std::size_t>(W) * 3);
+  const std::size_t plane = static_cast<std::size_t>(h) * static_cast<std::size_t>(w);
+  std::vector<int> x0(static_cast<std::size_t>(w)), x1(static_cast<std::size_t>(w));
+  for (int j = 0; j < w; ++j) {
+    x0[static_cast<std::size_t>(j)] = static_cast<int>(static_cast<int64_t>(j) * W / w);
+    x1[static_cast<std::size_t>(j)] = static_cast<int>((static_cast<int64_t>(j + 1) * W + w - 1) / w);
+  }
+  for (int i = 0; i < h; ++i) {
+    const int y0 = static_cast<int>(static_cast<int64_t>(i) * H / h);
+    const int y1 = static_cast<int>((static_cast<int64_t>(i + 1) * H + h - 1) / h);
+    std::fill(sum.begin(), sum.end(), 0U);
+    std::fill(rmin.begin(), rmin.end(), std::uint8_t{255});
+    std::fill(rmax.begin(), rmax.end(), std::uint8_t{0});
+    for (int y = y0; y < y1; ++y) {
+      const std::uint8_t* row = rgb + static_cast<std::size_t>(y) * W * 3;
+      for (std::size_t k = 0; k < sum.size(); ++k) {
+        sum[k] += row[k];
+        rmin[k] = std::min(rmin[k], row[k]);
+        rmax[k] = std::max(rmax[k], row[k]);
+      }
+    }
+    for (int j = 0; j < w; ++j) {
+      const int a = x0[static_cast<std::size_t>(j)], b = x1[static_cast<std::size_t>(j)];
+      const double count = static_cast<double>(y1 - y0) * (b - a) * 255.0;
+      for (int c = 0; c < 3; ++c) {
+        std::uint64_t s = 0;
+        std::uint8_t mn = 255, mx = 0;
+        for (int x = a; x < b; ++x) {
+          const std::size_t k = static_cast<std::size_t>(x) * 3 + c;
+          s += sum[k];
+          mn = std::min(mn, rmin[k]);
+          mx = std::max(mx, rmax[k]);
+        }
+        const std::size_t o = c * plane + static_cast<std::size_t>(i) * w + j;
+        mean[o] = static_cast<float>(static_cast<double>(s) / count);
+        lo[o] = static_cast<float>(mn) / 255.0F;
+        hi[o] = static_cast<float>(mx) / 255.0F;
+      }
+    }
+  }
+}
+
+// torch's bilinear source index (align_corners=false) for output `i` of `out` from `in`.
+struct Tap {
+  int i0 = 0, i1 = 0;
+  float l0 = 1, l1 = 0;
+};
+Tap tap(int i, int in, int out) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  float src = scale * (static_cast<float>(i) + 0.5F) - 0.5F;
+  if (src < 0) src = 0;
+  Tap t;
+  t.i0 = static_cast<int>(src);
+  t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
+  t.l1 = src - static_cast<float>(t.i0);
+  t.l0 = 1.0F - t.l1;
+  return t;
+}
+
+float lerp2(const float* plane, int w, const Tap& ty, const Tap& tx) {
+  const float* r0 = plane + static_cast<std::size_t>(ty.i0) * w;
+  const float* r1 = plane + static_cast<std::size_t>(ty.i1) * w;
+  return ty.l0 * (tx.l0 * r0[tx.i0] + tx.l1 * r0[tx.i1]) + ty.l1 * (tx.l0 * r1[tx.i0] + tx.l1 * r1[tx.i1]);
+}
+
+std::uint8_t to_u8(float v) {  // refine.to_u8: uint8(v * 255 + 0.5), clamped
+  const float s = v * 255.0F + 0.5F;
+  return s <= 0 ? 0 : s >= 255 ? 255 : static_cast<std::uint8_t>(s);
+}
+
+Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit, double* undecided) {
+  const int H = static_cast<int>(image.size(0)), W = static_cast<int>(image.size(1));
+  const int h = static_cast<int>(fit->b.size(0)), w = static_cast<int>(fit->b.size(1));
+  const torch::Tensor img = image.contiguous();
+  const std::uint8_t* rgb = img.data_ptr<std::uint8_t>();
+  const torch::Tensor coef = torch::cat({fit->a, fit->b.unsqueeze(0)}).contiguous();  // [4, h, w]
+  const float* C = coef.data_ptr<float>();
+  const std::size_t plane = static_cast<std::size_t>(h) * w;
+  const float t = fit->threshold, s = fit->softness;
+  const float settle_lo = t - s / 2, settle_hi = t + s / 2;
+
+  // Per quad (the pixels between four coefficient samples): 0 or 1 when q is settled there for
+  // any colour in the quad's range, 2 when it has to be computed.
+  std::vector<std::uint8_t> state(plane, 2);
+  if (fit->lo.defined()) {
+    const torch::Tensor lo = fit->lo.contiguous(), hi = fit->hi.contiguous();
+    const float* L = lo.data_ptr<float>();
+    const float* U = hi.data_ptr<float>();
+    for (int i = 0; i < h; ++i) {
+      const int i1 = std::min(i + 1, h - 1);
+      for (int j = 0; j < w; ++j) {
+        const int j1 = std::min(j + 1, w - 1);
+        const std::size_t cells[4] = {static_cast<std::size_t>(i) * w + j, static_cast<std::size_t>(i) * w + j1,
+                                      static_cast<std::size_t>(i1) * w + j, static_cast<std::size_t>(i1) * w + j1};
+        float cl[3], cu[3];
+        for (int c = 0; c < 3; ++c) {
+          cl[c] = 1;
+          cu[c] = 0;
+          for (const std::size_t k : cells) {
+            cl[c] = std::min(cl[c], L[c * plane + k]);
+            cu[c] = std::max(cu[c], U[c * plane + k]);
+          }
+        }
+        float qmax = -1e30F, qmin = 1e30F;
+        for (const std::size_t k : cells) {
+          float up = C[3 * plane + k], down = up;
+          for (int c = 0; c < 3; ++c) {
+            const float a = C[c * plane + k];
+            up += std::max(a * cl[c], a * cu[c]);
+            down += std::min(a * cl[c], a * cu[c]);
+          }
+          qmax = std::max(qmax, up);
+          qmin = std::min(qmin, down);
+        }
+        state[static_cast<std::size_t>(i) * w + j] = qmax <= settle_lo ? 0 : qmin >= settle_hi ? 1 : 2;
+      }
+    }
+  }
+
+  Matte m;
+  m.mask = torch::empty({H, W}, torch::kUInt8);
+  m.alpha = torch::empty({H, W}, torch::kUInt8);
+  std::uint8_t* mask = m.mask.data_ptr<std::uint8_t>();
+  std::uint8_t* alpha = m.alpha.data_ptr<std::uint8_t>();
+  std::vector<Tap> xs(static_cast<std::size_t>(W));
+  for (int x = 0; x < W; ++x) xs[static_cast<std::size_t>(x)] = tap(x, w, W);
+  std::size_t computed = 0;
+  for (int y = 0; y < H; ++y) {
+    const Tap ty = tap(y, h, H);
+    const std::size_t row = static_cast<std::size_t>(y) * W;
+    for (int x = 0; x < W;) {
+      const int j = xs[static_cast<std::size_t>(x)].i0;
+      int end = x + 1;
+      while (end < W && xs[static_cast<std::size_t>(end)].i0 == j) ++end;
+      const std::uint8_t st = state[static_cast<std::size_t>(ty.i0) * w + j];
+      if (st != 2) {
+        std::memset(mask + row + x, st, static_cast<std::size_t>(end - x));
+        std::memset(alpha + row + x, st ? 255 : 0, static_cast<std::size_t>(end - x));
+      } else {
+        computed += static_cast<std::size_t>(end - x);
+        for (int xx = x; xx < end; ++xx) {
+          const Tap& tx = xs[static_cast<std::size_t>(xx)];
+          const std::uint8_t* px = rgb + 3 * (row + xx);
+          float q = lerp2(C, w, ty, tx) * (static_cast<float>(px[0]) / 255.0F);
+          q += lerp2(C + plane, w, ty, tx) * (static_cast<float>(px[1]) / 255.0F);
+          q += lerp2(C + 2 * plane, w, ty, tx) * (static_cast<float>(px[2]) / 255.0F);
+          q += lerp2(C + 3 * plane, w, ty, tx);
+          mask[row + xx] = q > t ? 1 : 0;
+          alpha[row + xx] = to_u8(std::clamp((q - t) / s + 0.5F, 0.0F, 1.0F));
+        }
+      }
+      x = end;
+    }
+  }
+  if (undecided) *undecided = static_cast<double>(computed) / (static_cast<double>(H) * W);
+  m.fit = std::move(fit);
+  return m;
+}
+
+}  // namespace
+
+RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits_small,
+                         const RefineSpec& spec, double threshold) {
+  check_image(image);
+  spec.validate();
+  c10::InferenceMode guard;
+  const int H = static_cast<int>(image.size(0)), W = static_cast<int>(image.size(1));
+  const auto [h, w] = spec.small_shape(H, W);
+  if (logits_small.dim() != 2 || logits_small.size(0) != h || logits_small.size(1) != w) {
+    std::ostringstream got;
+    got << logits_small.sizes();
+    throw Error("logits", "expected [" + std::to_string(h) + ", " + std::to_string(w) +
+                              "] (the photo's size / subsample), got " + got.str());
+  }
+  RefineFit f;
+  torch::Tensor guide;
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
+  if (image.device().is_cpu()) {
+    const torch::Tensor img = image.contiguous();
+    guide = torch::empty({3, h, w}, opts);
+    f.lo = torch::empty({3, h, w}, opts);
+    f.hi = torch::empty({3, h, w}, opts);
+    pool_photo(img.data_ptr<std::uint8_t>(), H, W, h, w, guide.data_ptr<float>(),
+               f.lo.data_ptr<float>(), f.hi.data_ptr<float>());
+  } else {
+    guide = image.permute({2, 0, 1}).to(torch::kFloat32).div_(255);
+    if (h != H || w != W) guide = torch::adaptive_avg_pool2d(guide.unsqueeze(0), {h, w}).squeeze(0);
+  }
+  const int r = spec.small_radius();
+  auto [a, b] = guided_coefficients(guide, torch::sigmoid(logits_small.to(torch::kFloat32)), r, spec.eps);
+  const torch::Tensor alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness);
+  f.fg = (box(guide * alpha, r) / box(alpha, r).clamp_min_(1e-6)).clamp_(0, 1).contiguous();
+  f.bg = (box(guide * (1 - alpha), r) / box(1 - alpha, r).clamp_min_(1e-6)).clamp_(0, 1).contiguous();
+  f.a = a.contiguous();
+  f.b = b.contiguous();
+  f.threshold = static_cast<float>(threshold);
+  f.softness = static_cast<float>(spec.softness);
+  return f;
+}
+
+Matte apply_refinement(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit,
+                       double* undecided) {
+  check_image(image);
+  if (!fit) throw Error("refine", "no fit given");
+  c10::InferenceMode guard;
+  if (image.device().is_cpu() && fit->a.device().is_cpu()) return apply_cpu(image, std::move(fit), undecided);
+  const int64_t H = image.size(0), W = image.size(1);
+  torch::Tensor ab = torch::cat({fit->a, fit->b.unsqueeze(0)}).unsqueeze(0);
+  if (ab.size(2) != H || ab.size(3) != W) {
+    ab = at::upsample_bilinear2d(ab, {H, W}, /*align_corners=*/false);
+  }
+  ab = ab.squeeze(0);
+  const torch::Tensor full = image.permute({2, 0, 1}).to(torch::kFloat32).div_(255);
+  const torch::Tensor q = (ab.narrow(0, 0, 3) * full).sum(0) + ab.select(0, 3);
+  Matte m;
+  m.mask = q.gt(static_cast<double>(fit->threshold)).to(torch::kUInt8);
+  m.alpha = soft_alpha(q, fit->threshold, fit->softness).mul_(255).add_(0.5).clamp_(0, 255).to(torch::kUInt8);
+  if (undecided) *undecided = 1.0;
+  m.fit = std::move(fit);
+  return m;
+}
+
+void decontaminate(const RefineFit& fit, int width, int height, int x, int y, const std::uint8_t* rgb,
+                   std::uint8_t alpha_u8, float* out) {
+  const int h = static_cast<int>(fit.fg.size(1)), w = static_cast<int>(fit.fg.size(2));
+  const std::size_t plane = static_cast<std::size_t>(h) * w;
+  const Tap ty = tap(y, h, height), tx = tap(x, w, width);
+  const float* fg = fit.fg.data_ptr<float>();
+  const float* bg = fit.bg.data_ptr<float>();
+  const float a = static_cast<float>(alpha_u8) / 255.0F;
+  for (int c = 0; c < 3; ++c) {
+    const float f = lerp2(fg + c * plane, w, ty, tx), b = lerp2(bg + c * plane, w, ty, tx);
+    const float image = static_cast<float>(rgb[c]) / 255.0F;
+    out[c] = std::clamp(f + a * (image - a * f - (1 - a) * b), 0.0F, 1.0F);
+  }
+}
+
+}  // namespace carseg
