@@ -318,6 +318,39 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
           "uint8 [H, W, 3] RGB -> (mask uint8 [H, W] in {0, 1}, alpha uint8 [H, W] in 0..255): "
           "the refinement's soft matte (without refinement, mask * 255).")
       .def(
+          "render",
+          [](const carseg::Predictor& self, const py::handle& image, const std::optional<std::string>& background,
+             std::optional<int> crop) {
+            std::optional<carseg::Backdrop> bd;
+            if (background) bd = carseg::Backdrop::parse(*background);
+            if (crop && *crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
+            const Image im = to_image(image);
+            carseg::Matte m;
+            torch::Tensor cut;
+            {
+              py::gil_scoped_release release;
+              m = self.predict_mattes({im.tensor})[0];
+              if (bd) {
+                carseg::Rect rect;
+                if (crop) {
+                  rect = carseg::crop_box(m.alpha.contiguous().data_ptr<std::uint8_t>(),
+                                          static_cast<int>(im.tensor.size(1)), static_cast<int>(im.tensor.size(0)), *crop);
+                }
+                cut = carseg::composite_matte(im.tensor, m, *bd, rect);
+              }
+            }
+            py::dict d;
+            d["mask"] = from_tensor(m.mask, true);
+            d["alpha"] = from_tensor(m.alpha, true);
+            d["cutout"] = bd ? from_tensor(cut, true) : py::object(py::none());
+            return d;
+          },
+          py::arg("image"), py::arg("background") = "white", py::kw_only(), py::arg("crop") = py::none(),
+          R"(Everything a front end writes for one photo, from one forward pass: {"mask": uint8 [H, W]
+in {0, 1}, "alpha": uint8 [H, W] 0..255, "cutout": uint8 [h, w, 3 or 4] or None} as numpy arrays.
+background: white, transparent, #RRGGBB, an image file's path, or None (no cutout); crop=MARGIN:
+the cutout cropped to the car's box grown by MARGIN pixels.)")
+      .def(
           "cutout",
           [](const carseg::Predictor& self, const py::handle& image, const std::string& background,
              std::optional<int> crop) {

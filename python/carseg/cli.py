@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from carseg import __version__
 from carseg.errors import CarsegError
@@ -128,18 +129,44 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def cmd_cutout(args: argparse.Namespace) -> int:
-    from carseg.apps.cutout import run_cutout
+    from carseg.apps.cutout import Outputs, cutout_stream, run_cutout
     from carseg.runtime.predictor import open_predictor
 
+    outputs = Outputs(background=None if args.mask_only else args.background, crop=args.crop,
+                      matte=args.matte, quality=args.quality)
+    streaming = str(args.output) == "-" or [str(p) for p in args.inputs] == ["-"]
+    if streaming and ([str(p) for p in args.inputs] != ["-"] or str(args.output) != "-"):
+        raise ValueError("stdin/stdout: use them together, for one photo: "
+                         "carseg cutout - --model M --output - < car.jpg > cutout.jpg")
+    if streaming and sys.stdout.isatty():
+        raise ValueError("--output -: stdout is a terminal; redirect it to a file or a pipe")
     predictor = open_predictor(args.model, backend=args.backend, device=args.device,
-                               precision=args.precision, threshold=args.threshold)
-    report = run_cutout(args.inputs, predictor, args.output, background=args.background,
-                        workers=args.workers, overwrite=args.overwrite)
+                               precision=args.precision, threshold=args.threshold,
+                               refine=not args.no_refine, softness=args.softness)
+    refine = getattr(predictor, "refine", None)
+    log.info("carseg cutout: %s on %s, refinement %s", args.backend,
+             getattr(predictor, "device", args.device),
+             "off" if not refine else f"radius {_field(refine, 'radius')} px")
+    if streaming:
+        from carseg.io.images import MAX_FILE_BYTES
+
+        data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"<stdin>: over {MAX_FILE_BYTES} bytes; refused")
+        sys.stdout.buffer.write(cutout_stream(data, predictor, outputs))
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    report = run_cutout(args.inputs, predictor, args.output, workers=args.workers,
+                        overwrite=args.overwrite, outputs=outputs)
     _print_failures("cutout", report.failed)
     log.info("%d image(s) cut out, %d failed, %.2f images/s (%s backend) -> %s",
              len(report.done), len(report.failed), report.images_per_s, args.backend,
              args.output)
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
+def _field(spec: Any, name: str) -> Any:
+    return spec[name] if isinstance(spec, dict) else getattr(spec, name)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -167,14 +194,19 @@ def use_help_formatter(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool = True) -> None:
+def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool = True,
+                stdio: bool = False) -> None:
     """What the commands that run an artifact folder share: inputs, model, output, backend,
     device."""
     if folders:
-        s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="photos or folders")
+        s.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                       help="photos or folders" + (" (or -: one photo on stdin)" if stdio
+                                                   else ""))
     s.add_argument("--model", type=Path, required=True, help="artifact folder (manifest.json)")
     if folders:
-        s.add_argument("--output", type=Path, required=True, help="folder for masks and cutouts")
+        s.add_argument("--output", type=Path, required=True,
+                       help="folder for masks and cutouts" + (" (or -: stdout, with input -)"
+                                                              if stdio else ""))
     s.add_argument("--backend", choices=backends, default="torchscript",
                    help="native: the C++ core (carseg._native), the same pipeline as "
                         "carseg_infer, where it is built; the others run the artifact in "
@@ -238,15 +270,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_gallery)
 
     s = sub.add_parser("cutout", help="remove the background: masks and cutouts at full size",
-                       epilog="example: carseg cutout photos/ --model demo/artifacts --output "
-                              "cutouts/ --background transparent")
-    _model_args(s, ["native", "torchscript", "onnx", "aoti"])
+                       epilog="examples:\n  carseg cutout photos/ --model demo/artifacts "
+                              "--output cutouts/ --background transparent\n"
+                              "  carseg cutout - --model demo/artifacts --output - --background "
+                              "'#2060c0' --crop 20 < car.jpg > car_cutout.jpg")
+    _model_args(s, ["native", "torchscript", "onnx", "aoti"], stdio=True)
     s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16 needs CUDA and the native backend")
     s.add_argument("--threshold", type=float, help="override the manifest's threshold")
-    s.add_argument("--background", choices=["white", "transparent"], default="white",
-                   help="white: NAME_cutout.jpg on white; transparent: NAME_cutout.png, "
-                        "the mask as alpha")
+    s.add_argument("--background", default="white", metavar="B",
+                   help="what is behind the car: white, #RRGGBB or an image file (resized to "
+                        "each photo): NAME_cutout.jpg; transparent: NAME_cutout.png with the "
+                        "alpha matte")
+    s.add_argument("--crop", type=int, metavar="MARGIN",
+                   help="crop the cutout to the car's box grown by MARGIN pixels a side")
+    s.add_argument("--matte", action="store_true",
+                   help="also write NAME_alpha.png, the alpha matte (0 background, 255 car); "
+                        "with --output -, write it instead of the cutout")
+    s.add_argument("--mask-only", action="store_true", help="masks only, no cutouts")
+    s.add_argument("--quality", type=int, default=95, help="JPEG quality of the cutouts, 1-100")
+    s.add_argument("--no-refine", action="store_true",
+                   help="the model's mask resized, without the manifest's full-resolution "
+                        "refinement (output.refine, on by default where the manifest has it)")
+    s.add_argument("--softness", type=float,
+                   help="width of the matte's soft edge in (0, 1] (default: the manifest's)")
     s.add_argument("--workers", type=int, default=2, help="decode/encode threads")
     s.add_argument("--overwrite", action="store_true",
                    help="replace outputs already in the output folder (default: a photo whose "

@@ -52,9 +52,15 @@ def test_encoded_files_decode_to_the_rule(photo) -> None:
 def test_one_parser_names_the_field() -> None:
     assert parse_background("white") == "white"
     assert parse_background("none", allow_none=True) == "none"
-    with pytest.raises(ValueError, match="background: expected white or transparent, got 'blue'"):
+    assert parse_background("#A0b0C0") == "#A0b0C0"
+    with pytest.raises(ValueError, match="background: expected white, transparent, #RRGGBB or an "
+                                         "image file, got 'blue' \\(no such file\\)"):
         parse_background("blue")
-    with pytest.raises(ValueError, match="--cutout: expected white, transparent or none"):
+    with pytest.raises(ValueError, match="--cutout: expected white, transparent, #RRGGBB or an "
+                                         "image file, or none"):
         parse_background("blue", allow_none=True, field="--cutout")
-    with pytest.raises(ValueError, match="expected white or transparent, got 'none'"):
+    with pytest.raises(ValueError, match="got 'none' \\(no such file\\)"):
         parse_background("none")
+    with pytest.raises(ValueError, match=r"background: expected a colour as #RRGGBB \(six hex "
+                                         r"digits\), got '#12345g'"):
+        parse_background("#12345g")

@@ -19,12 +19,16 @@ def test_output_names() -> None:
     assert cutout_path(out, photo, "transparent") == Path("/o/car_01_cutout.png")
     assert outputs_for(photo, out, "none") == [Path("/o/car_01_mask.png")]
     assert outputs_for(photo, out, "transparent")[1].name == "car_01_cutout.png"
-    with pytest.raises(ValueError, match="cutout: expected white, transparent or none"):
+    assert [p.name for p in outputs_for(photo, out, "#102030", matte=True)] == [
+        "car_01_mask.png", "car_01_cutout.jpg", "car_01_alpha.png"]
+    with pytest.raises(ValueError, match="cutout: expected white, transparent, #RRGGBB or an "
+                                         "image file, or none, got 'blue'"):
         outputs_for(photo, out, "blue")
 
 
 def test_list_photos_sorts_refuses_collisions_and_skips_own_outputs(tmp_path: Path) -> None:
-    for name in ("b.jpg", "a.PNG", "a.jpg", "notes.txt", "a_mask.png", "a_cutout.jpg"):
+    for name in ("b.jpg", "a.PNG", "a.jpg", "notes.txt", "a_mask.png", "a_cutout.jpg",
+                 "a_alpha.png"):
         (tmp_path / name).write_bytes(b"x")
     photos, failed = list_photos([tmp_path, tmp_path / "missing.jpg"], output=tmp_path)
     assert [p.name for p in photos] == ["a.PNG", "b.jpg"]

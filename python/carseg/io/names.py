@@ -1,14 +1,15 @@
 """What a run reads and what it names its outputs, as libcarseg's pipeline.h does:
-NAME_mask.png and NAME_cutout.jpg (white) or NAME_cutout.png (transparent) for photo NAME.ext."""
+NAME_mask.png, NAME_cutout.jpg (or .png, transparent) and NAME_alpha.png (the alpha matte) for
+photo NAME.ext."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from carseg.io.encode import CUTOUT_SUFFIX, parse_background
+from carseg.io.encode import cutout_suffix, parse_background
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-OUTPUT_STEMS = ("_mask", "_cutout")
+OUTPUT_STEMS = ("_mask", "_cutout", "_alpha")
 
 
 def mask_path(output: Path, photo: Path) -> Path:
@@ -16,14 +17,21 @@ def mask_path(output: Path, photo: Path) -> Path:
 
 
 def cutout_path(output: Path, photo: Path, background: str) -> Path:
-    return output / f"{photo.stem}_cutout{CUTOUT_SUFFIX[parse_background(background)]}"
+    """NAME_cutout.png for a transparent cutout, NAME_cutout.jpg for any other background."""
+    return output / f"{photo.stem}_cutout{cutout_suffix(background)}"
 
 
-def outputs_for(photo: Path, output: Path, cutout: str) -> list[Path]:
-    """Every file a run writes for `photo`; `cutout` is white, transparent or none."""
+def matte_path(output: Path, photo: Path) -> Path:
+    return output / f"{photo.stem}_alpha.png"
+
+
+def outputs_for(photo: Path, output: Path, cutout: str, matte: bool = False) -> list[Path]:
+    """Every file a run writes for `photo`; `cutout` is a background or none."""
     outs = [mask_path(output, photo)]
     if parse_background(cutout, allow_none=True, field="cutout") != "none":
         outs.append(cutout_path(output, photo, cutout))
+    if matte:
+        outs.append(matte_path(output, photo))
     return outs
 
 

@@ -20,7 +20,11 @@ BACKENDS = ("native", "torchscript", "onnx", "aoti")
 
 
 def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
-                   precision: str = "fp32", threshold: float | None = None) -> Any:
+                   precision: str = "fp32", threshold: float | None = None,
+                   refine: bool = True, softness: float | None = None) -> Any:
+    """refine=False: the model's mask resized, without the manifest's output.refine; softness
+    overrides the refinement's soft-edge width. Every predictor has render() (mask, alpha
+    matte and cutout from one forward pass)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "native":
@@ -31,8 +35,9 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
                               f"({e}); use --backend torchscript, or build with "
                               f"`pip install --no-build-isolation -e .`") from None
         return _native.Predictor(str(model_dir), device=device, precision=precision,
-                                 threshold=threshold)
+                                 threshold=threshold, refine=refine, softness=softness)
     if precision != "fp32":
         raise ValueError(f"precision {precision}: the Python backends run the artifact's own "
                          f"precision; export an fp16 folder instead")
-    return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold)
+    return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold,
+                              refine=refine, softness=softness)

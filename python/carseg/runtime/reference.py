@@ -271,18 +271,54 @@ class ReferencePredictor:
         """uint8 [H,W,3] RGB -> (cutout, mask): the car on `backdrop` (an RGB colour, or a uint8
         [H,W,3] image of the photo's size) as uint8 [H,W,3], or as uint8 [H,W,4] RGBA where
         backdrop is None. With refinement the edge is soft and decontaminated
-        (refine.composite_soft); without, the mask's hard edge (carseg.io.encode.composite)."""
+        (refine.composite_soft); without, the mask's hard edge."""
         im, lg, was_numpy, dev = self._forward([image])[0]
+        mask, _, out = self._render(im, lg, backdrop, True)
+        return self._give_back(out, was_numpy, dev), self._give_back(mask, was_numpy, dev)
+
+    def _render(self, im: torch.Tensor, lg: torch.Tensor, backdrop: Any, want_cutout: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self.refine is None:
             mask = self._mask(im, lg)
-            out = hard_composite(im, mask, backdrop)
-        else:
-            f = self._fit(im, lg, self.refine)
-            mask, alpha = refine.matte(im, f)
+            alpha = mask * 255
+            out = hard_composite(im, mask, backdrop) if want_cutout else None
+            return mask, alpha, out
+        f = self._fit(im, lg, self.refine)
+        mask, a = refine.matte(im, f)
+        out = None
+        if want_cutout:
             back = None if backdrop is None else torch.as_tensor(
                 np.asarray(backdrop, dtype=np.uint8)).to(im.device)
-            out = refine.composite_soft(im, alpha, f, back)
-        return self._give_back(out, was_numpy, dev), self._give_back(mask, was_numpy, dev)
+            out = refine.composite_soft(im, a, f, back)
+        return mask, refine.to_u8(a), out
+
+    def render(self, image: Any, background: Any = "white",
+               crop: int | None = None) -> dict[str, Any]:
+        """Everything a front end writes for one photo, from one forward pass: {"mask": uint8
+        [H,W] in {0,1}, "alpha": uint8 [H,W] 0..255, "cutout": uint8 [h,w,3|4] or None} (numpy).
+        background: white, transparent, #RRGGBB, an image file's path (or a parsed
+        carseg.io.encode.Backdrop), or None (no cutout);
+        crop=MARGIN: the cutout cropped to the car's box grown by MARGIN pixels (crop_box)."""
+        from carseg.io.encode import Backdrop, crop_box
+
+        rgb, _ = self._as_tensor(image)
+        im = rgb.to(self.device)
+        h, w = int(im.shape[0]), int(im.shape[1])
+        bd = (background if isinstance(background, Backdrop) or background is None
+              else Backdrop.parse(background))
+        _, lg, _, _ = self._forward([im])[0]
+        mask, alpha, out = self._render(im, lg, None if bd is None else bd.behind(h, w),
+                                        bd is not None)
+        result = {"mask": mask.cpu().numpy(), "alpha": alpha.cpu().numpy(), "cutout": None}
+        if out is not None:
+            cut = out.cpu().numpy()
+            if crop is not None:
+                if crop < 0:
+                    raise ValueError(f"crop: expected a margin >= 0 pixels, got {crop}")
+                x0, y0, x1, y1 = crop_box(result["alpha"], crop)
+                cut = np.ascontiguousarray(cut[y0:y1, x0:x1])
+            result["cutout"] = cut
+        return result
 
 
 def hard_composite(image: torch.Tensor, mask: torch.Tensor, backdrop: Any) -> torch.Tensor:
