@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BUILD := build/py
-DEBS := libstb-dev libturbojpeg0-dev zlib1g-dev libgtest-dev nlohmann-json3-dev curl
+DEBS := libstb-dev libturbojpeg0-dev zlib1g-dev libgtest-dev nlohmann-json3-dev curl \
+  chromium chromium-driver
 CPP_SOURCES := $(shell find cpp cmake -type f -not -name "*.pyc" 2>/dev/null) CMakeLists.txt pyproject.toml
 DATA ?=
 export OMP_NUM_THREADS ?= 2

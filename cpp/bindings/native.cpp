@@ -320,7 +320,7 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
       .def(
           "render",
           [](const carseg::Predictor& self, const py::handle& image, const std::optional<std::string>& background,
-             std::optional<int> crop) {
+             std::optional<int> crop, bool refine) {
             std::optional<carseg::Backdrop> bd;
             if (background) bd = carseg::Backdrop::parse(*background);
             if (crop && *crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
@@ -329,7 +329,7 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
             torch::Tensor cut;
             {
               py::gil_scoped_release release;
-              m = self.predict_mattes({im.tensor})[0];
+              m = self.predict_mattes({im.tensor}, refine)[0];
               if (bd) {
                 carseg::Rect rect;
                 if (crop) {
@@ -346,10 +346,12 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
             return d;
           },
           py::arg("image"), py::arg("background") = "white", py::kw_only(), py::arg("crop") = py::none(),
+          py::arg("refine") = true,
           R"(Everything a front end writes for one photo, from one forward pass: {"mask": uint8 [H, W]
 in {0, 1}, "alpha": uint8 [H, W] 0..255, "cutout": uint8 [h, w, 3 or 4] or None} as numpy arrays.
 background: white, transparent, #RRGGBB, an image file's path, or None (no cutout); crop=MARGIN:
-the cutout cropped to the car's box grown by MARGIN pixels.)")
+the cutout cropped to the car's box grown by MARGIN pixels; refine=False: this call without the
+refinement.)")
       .def(
           "cutout",
           [](const carseg::Predictor& self, const py::handle& image, const std::string& background,

@@ -142,10 +142,10 @@ struct Predictor::Impl {
 
   // Logits [1, S, S] of a photo -> its mask at its own size, on the CPU: the refinement where
   // there is one, else the resized logits thresholded.
-  Matte matte(const torch::Tensor& logits, const torch::Tensor& image) const {
+  Matte matte(const torch::Tensor& logits, const torch::Tensor& image, bool refined = true) const {
     const int h = static_cast<int>(image.size(0)), w = static_cast<int>(image.size(1));
     Matte m;
-    if (refine) {
+    if (refine && refined) {
       const auto [sh, sw] = refine->small_shape(h, w);
       auto fit = std::make_shared<RefineFit>(
           fit_refinement(image, pre->postprocess_logits(logits, sh, sw), *refine, threshold));
@@ -234,9 +234,9 @@ std::vector<torch::Tensor> Predictor::predict_probabilities(
   return impl_->run(images, [](const torch::Tensor& logits) { return torch::sigmoid(logits); });
 }
 
-std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& images) const {
+std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& images, bool refine) const {
   return impl_->run_each<Matte>(images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-    return impl_->matte(logits, im);
+    return impl_->matte(logits, im, refine);
   });
 }
 

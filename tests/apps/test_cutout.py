@@ -58,18 +58,28 @@ def test_every_backend_gives_the_same_masks(photos: Path, tiny_artifacts_all: Pa
 
 
 @pytest.mark.parametrize("backend", PIPELINES)
-def test_transparent_cutout_has_the_mask_as_alpha(photos: Path, tiny_artifacts: Path,
-                                                  tmp_path: Path, backend: str) -> None:
+def test_transparent_cutout_has_the_matte_as_alpha(photos: Path, tiny_artifacts: Path,
+                                                   tmp_path: Path, backend: str) -> None:
+    """The alpha of a transparent cutout is the refinement's matte (NAME_alpha.png, the
+    reference's predict_matte): above half exactly where the mask is set, and where it is 255
+    the photo's own pixels."""
+    from carseg.runtime.reference import ReferencePredictor
+
+    ref = ReferencePredictor(tiny_artifacts)
     out = tmp_path / "out"
     assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output", str(out),
-                 "--background", "transparent", "--backend", backend]) == 0
+                 "--background", "transparent", "--matte", "--backend", backend]) == 0
     for photo in photos.iterdir():
         rgba = np.asarray(Image.open(out / f"{photo.stem}_cutout.png"))
         mask = read_mask(out / f"{photo.stem}_mask.png")
+        alpha = np.asarray(Image.open(out / f"{photo.stem}_alpha.png"))
         assert rgba.shape == (*mask.shape, 4)
-        assert np.array_equal(rgba[..., 3] > 0, mask > 0)
-        car = mask > 0
-        assert np.array_equal(rgba[..., :3][car], read_rgb(photo)[car])
+        assert np.array_equal(rgba[..., 3], alpha)
+        assert np.array_equal(alpha > 127, mask > 0)
+        want = ref.predict_matte(read_rgb(photo))[1].astype(int)
+        assert np.abs(alpha.astype(int) - want).max() <= 1
+        inside = alpha == 255
+        assert inside.any() and np.array_equal(rgba[..., :3][inside], read_rgb(photo)[inside])
 
 
 @pytest.mark.parametrize("backend", PIPELINES)
@@ -132,3 +142,131 @@ def test_output_inside_the_input_folder_is_not_read_back(photos: Path, tiny_arti
                      str(photos), *extra]) == 0
     names = sorted(p.name for p in photos.iterdir())
     assert len(names) == 4 * 3 and not [n for n in names if "_mask_" in n or "_cutout_" in n]
+
+
+# ---- the output options -------------------------------------------------------------------
+
+def _far(mask: np.ndarray, inside: bool, reach: int = 6) -> np.ndarray:
+    from scipy import ndimage
+
+    square = np.ones((3, 3), bool)
+    m = mask.astype(bool)
+    return (ndimage.binary_erosion(m, square, iterations=reach) if inside
+            else ~ndimage.binary_dilation(m, square, iterations=reach))
+
+
+@pytest.mark.parametrize("backend", PIPELINES)
+def test_a_colour_background_a_crop_and_the_matte(photos: Path, tiny_artifacts: Path,
+                                                  tmp_path: Path, backend: str) -> None:
+    """--background '#RRGGBB' is that colour outside the car; --crop holds the whole car (every
+    pixel the matte keeps) and the margin; the matte is 0 far outside the car, 255 far
+    inside."""
+    from carseg.io.encode import crop_box
+
+    out = tmp_path / "out"
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output", str(out),
+                 "--background", "#2060c0", "--crop", "6", "--matte", "--quality", "100",
+                 "--backend", backend]) == 0
+    for photo in photos.iterdir():
+        rgb = read_rgb(photo)
+        mask = read_mask(out / f"{photo.stem}_mask.png")
+        alpha = np.asarray(Image.open(out / f"{photo.stem}_alpha.png"))
+        assert mask.shape == alpha.shape == rgb.shape[:2]  # masks and mattes are not cropped
+        if mask.any():
+            assert (alpha[_far(mask, False)] == 0).all() and (alpha[_far(mask, True)] == 255).all()
+        x0, y0, x1, y1 = crop_box(alpha, 6)
+        ys, xs = np.nonzero(alpha)
+        assert x0 == max(0, xs.min() - 6) and x1 == min(rgb.shape[1], xs.max() + 7)
+        assert y0 == max(0, ys.min() - 6) and y1 == min(rgb.shape[0], ys.max() + 7)
+        cut = read_rgb(out / f"{photo.stem}_cutout.jpg").astype(int)
+        assert cut.shape == (y1 - y0, x1 - x0, 3)
+        outside = (alpha == 0)[y0:y1, x0:x1]
+        if outside.any():
+            assert np.abs(cut[outside] - [0x20, 0x60, 0xc0]).mean() < 3  # JPEG q100
+        inside = (alpha == 255)[y0:y1, x0:x1]
+        assert np.abs(cut[inside] - rgb[y0:y1, x0:x1][inside]).mean() < 3
+
+
+def test_an_image_background_and_masks_only(photos: Path, tiny_artifacts: Path,
+                                            tmp_path: Path) -> None:
+    """An image behind the car is resized to each photo: outside the car the cutout is that
+    image; --mask-only writes masks alone."""
+    from carseg.io.encode import Backdrop
+
+    back = np.zeros((30, 50, 3), np.uint8)
+    back[:, :25] = (250, 200, 0)
+    back[:, 25:] = (0, 120, 240)
+    Image.fromarray(back).save(tmp_path / "studio.png")
+    out = tmp_path / "out"
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output", str(out),
+                 "--background", str(tmp_path / "studio.png"), "--quality", "100",
+                 "--matte"]) == 0
+    bd = Backdrop.parse(str(tmp_path / "studio.png"))
+    for photo in photos.iterdir():
+        rgb = read_rgb(photo)
+        alpha = np.asarray(Image.open(out / f"{photo.stem}_alpha.png"))
+        want = bd.pixels(*rgb.shape[:2]).astype(int)
+        cut = read_rgb(out / f"{photo.stem}_cutout.jpg").astype(int)
+        outside = alpha == 0
+        assert np.abs(cut[outside] - want[outside]).mean() < 4
+    masks_only = tmp_path / "masks"
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
+                 str(masks_only), "--mask-only"]) == 0
+    assert sorted(p.name for p in masks_only.iterdir()) == sorted(
+        f"{p.stem}_mask.png" for p in photos.iterdir())
+
+
+def test_one_photo_through_stdin_and_stdout(photos: Path, tiny_artifacts: Path) -> None:
+    """`carseg cutout - --output -` pipes: the bytes out are the cutout (or, with --matte, the
+    alpha matte; with --mask-only, the mask) of the photo in."""
+    import io
+    import sys
+
+    from carseg.runtime.reference import ReferencePredictor
+
+    photo = next(photos.glob("*.jpg"))
+    cli = [sys.executable, "-m", "carseg.cli", "cutout", "-", "--model", str(tiny_artifacts),
+           "--output", "-"]
+    ref = ReferencePredictor(tiny_artifacts)
+    want = ref.render(read_rgb(photo), "transparent")
+    r = subprocess.run(cli + ["--background", "transparent"], input=photo.read_bytes(),
+                       capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr.decode()
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.stdout))), want["cutout"])
+    r = subprocess.run(cli + ["--matte"], input=photo.read_bytes(), capture_output=True,
+                       timeout=300)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.stdout))), want["alpha"])
+    r = subprocess.run(cli + ["--mask-only"], input=photo.read_bytes(), capture_output=True,
+                       timeout=300)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.stdout))) > 0, want["mask"] > 0)
+    r = subprocess.run(cli, input=b"not a photo", capture_output=True, timeout=300)
+    assert r.returncode == 2 and b"<stdin>: not a readable image" in r.stderr and not r.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--background", "blue"], "--background: expected white, transparent, #RRGGBB or an "
+                               "image file, got 'blue' (no such file)"),
+    (["--background", "#12"], "--background: expected a colour as #RRGGBB"),
+    (["--crop", "-3"], "--crop: expected a margin >= 0 pixels, got -3"),
+    (["--quality", "0"], "--quality: expected 1 to 100, got 0"),
+    (["--softness", "2"], "softness: expected a number in (0, 1], got 2"),
+])
+def test_bad_output_options_are_named(photos: Path, tiny_artifacts: Path, tmp_path: Path,
+                                      capsys, args: list[str], words: str) -> None:
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output",
+                 str(tmp_path / "o"), *args]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_no_refine_gives_the_models_mask(photos: Path, tiny_artifacts: Path,
+                                         tmp_path: Path) -> None:
+    from carseg.runtime.reference import ReferencePredictor
+
+    out = tmp_path / "out"
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output", str(out),
+                 "--no-refine"]) == 0
+    plain = ReferencePredictor(tiny_artifacts, refine=False)
+    for photo in photos.iterdir():
+        assert np.array_equal(read_mask(out / f"{photo.stem}_mask.png"),
+                              plain.predict(read_rgb(photo)))

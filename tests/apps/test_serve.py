@@ -236,3 +236,135 @@ def test_killing_a_replica_loses_no_retried_request(server: Path, photos) -> Non
         time.sleep(1)
     assert len(alive) == 2 and replicas[0]["name"] not in alive, alive
     assert _post("/v1/segment", photos[0][0])[0] == 200
+
+
+# ---- cutouts, the alpha matte and the options over HTTP -------------------------------------
+
+def _rgb(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA" if data[:4] == b"\x89PNG"
+                                                          else "RGB"))
+
+
+def test_cutouts_mattes_and_options_equal_the_reference(server: Path, photos) -> None:
+    """Each output of /v1/segment is the reference predictor's render() of the photo: the
+    alpha matte and a transparent cutout exactly (PNG), a colour cutout within JPEG's error,
+    a crop the car's box, refine=0 the unrefined mask."""
+    from carseg.io.encode import crop_box
+    from carseg.runtime.reference import ReferencePredictor
+
+    ref = ReferencePredictor(server)
+    body, _, rgb = photos[0]
+    want = ref.render(rgb, "transparent")
+    status, data = _post("/v1/segment?output=alpha", body)
+    assert status == 200 and np.array_equal(np.asarray(Image.open(io.BytesIO(data))),
+                                            want["alpha"])
+    status, data = _post("/v1/segment?output=cutout&background=transparent", body)
+    assert status == 200 and np.array_equal(_rgb(data), want["cutout"])
+    status, data = _post("/v1/segment?output=cutout&background=%2300ff00&quality=100", body)
+    assert status == 200
+    got, colour = _rgb(data).astype(int), ref.render(rgb, "#00ff00")["cutout"].astype(int)
+    assert np.abs(got - colour).mean() < 2
+    outside = want["alpha"] == 0
+    assert np.abs(got[outside] - [0, 255, 0]).max() <= 24  # JPEG near the edge
+    assert np.abs(got[outside] - [0, 255, 0]).mean() < 2
+    status, data = _post("/v1/segment?output=cutout&crop=5", body)
+    x0, y0, x1, y1 = crop_box(want["alpha"], 5)
+    assert status == 200 and _rgb(data).shape == (y1 - y0, x1 - x0, 3)
+    status, data = _post("/v1/segment?refine=0", body)
+    unrefined = ReferencePredictor(server, refine=False).predict(rgb)
+    assert status == 200 and (_png_mask(data) != unrefined).mean() <= 1e-3
+
+
+@pytest.mark.parametrize("query, field", [
+    ("output=alpha&background=/etc/passwd", "background: expected white, transparent or #RRGGBB"),
+    ("output=cutout&background=%23abc", "#RRGGBB"),
+    ("crop=-1", "crop: expected an integer"),
+    ("quality=0", "quality: expected an integer in [1, 100]"),
+    ("refine=yes", "refine: expected 0 or 1"),
+    ("colour=red", "unknown query parameter 'colour'"),
+])
+def test_bad_options_are_400_and_name_the_parameter(server: Path, photos, query: str,
+                                                    field: str) -> None:
+    status, data = _post(f"/v1/segment?{query}", photos[0][0])
+    assert status == 400 and field in data.decode(), data
+
+
+def test_the_page_and_the_openapi_description(server: Path) -> None:
+    status, page = _get("/")
+    assert status == 200 and b"<title>carseg" in page and b"/v1/segment" in page
+    status, data = _get("/openapi.json")
+    api = json.loads(data)
+    assert status == 200 and api["openapi"].startswith("3.")
+    params = {p["name"] for p in api["paths"]["/v1/segment"]["post"]["parameters"]}
+    assert params == {"output", "background", "crop", "quality", "refine"}
+
+
+# ---- the web page in a real browser ----------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+READ_PIXELS = """
+const img = document.querySelector('img.cutout');
+if (!img || !img.complete || img.naturalWidth === 0) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+const ctx = c.getContext('2d');
+ctx.drawImage(img, 0, 0);
+return {w: c.width, h: c.height, data: Array.from(ctx.getImageData(0, 0, c.width, c.height).data)};
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make setup "
+                    "installs them)")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1100,900", "--force-color-profile=srgb"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_cuts_out_a_dropped_photo_in_a_real_browser(server: Path, photos, browser,
+                                                             tmp_path: Path) -> None:
+    """Open /, choose a colour background, pick a photo, wait for its cutout, and read the
+    cutout's pixels back out of the page: they are the reference's render() of that photo
+    (within JPEG's error), the backdrop colour far from the car."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from carseg.runtime.reference import ReferencePredictor
+
+    body, _, rgb = photos[1]
+    photo = tmp_path / "car.jpg"
+    photo.write_bytes(body)
+    browser.get(URL + "/")
+    browser.execute_script("document.getElementById('background').value = 'colour';"
+                           "document.getElementById('colour').value = '#00ff00';")
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    pixels = WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: d.execute_script(READ_PIXELS))
+    got = np.asarray(pixels["data"], dtype=np.uint8).reshape(pixels["h"], pixels["w"], 4)
+    assert got.shape[:2] == rgb.shape[:2]
+    assert (got[..., 3] == 255).all()
+    ref = ReferencePredictor(server)
+    want = ref.render(rgb, "#00ff00")
+    assert np.abs(got[..., :3].astype(int) - want["cutout"].astype(int)).mean() < 3
+    far = want["alpha"] == 0
+    assert np.abs(got[..., :3][far].astype(int) - [0, 255, 0]).mean() < 3
+    status = browser.find_element(By.CSS_SELECTOR, ".result .status").text
+    assert "car.jpg: cut out in" in status and "refined" in status
+    link = browser.find_element(By.CSS_SELECTOR, "a.download")
+    assert link.get_attribute("download") == "car_cutout.jpg"
+    shot = os.environ.get("CARSEG_WEB_SCREENSHOT")  # docs/web.png is made this way
+    browser.save_screenshot(shot or str(tmp_path / "page.png"))

@@ -85,8 +85,10 @@ class Predictor {
   [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
       const std::vector<torch::Tensor>& images) const;
   /// Per image its mask and alpha matte (refine.h), on the CPU; with refinement also the fit
-  /// that cutouts use to decontaminate the edge.
-  [[nodiscard]] std::vector<Matte> predict_mattes(const std::vector<torch::Tensor>& images) const;
+  /// that cutouts use to decontaminate the edge. refine = false skips the refinement for this
+  /// call (a front end's per-request switch).
+  [[nodiscard]] std::vector<Matte> predict_mattes(const std::vector<torch::Tensor>& images,
+                                                  bool refine = true) const;
   /// The cutout (composite_matte, cutout.h): uint8 [H, W, 3] on white or [H, W, 4] RGBA, on the CPU.
   [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8,
                                      Background background) const;

@@ -23,7 +23,7 @@ import numpy as np
 
 from carseg.apps._ray import require_ray, stop_on_signals
 from carseg.errors import CarsegError
-from carseg.io.encode import MAX_JPEG_SIDE, encode_cutout, encode_mask_png, parse_background
+from carseg.io.encode import MAX_JPEG_SIDE, encode_image, encode_mask_png, parse_background
 from carseg.io.files import prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import list_photos, outputs_for
@@ -40,24 +40,35 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class _PredictActor:
-    def __init__(self, model_dir: str, backend: str, device: str) -> None:
+    """Masks in batches; with a cutout, each photo's render() (the refined matte's soft,
+    decontaminated cutout)."""
+
+    def __init__(self, model_dir: str, backend: str, device: str, cutout: str = "none") -> None:
         self.predictor = open_predictor(model_dir, backend=backend, device=device)
+        self.cutout = cutout
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = list(batch["image"])
         errors = list(batch["error"])
         good = [i for i, e in enumerate(errors) if not e]
         masks: list[np.ndarray] = [np.zeros((1, 1), np.uint8)] * len(images)
+        cuts: list[np.ndarray | None] = [None] * len(images)
         if good:
             try:
-                predicted = self.predictor.predict_batch([images[i] for i in good])
-                for i, m in zip(good, predicted, strict=True):
-                    masks[i] = np.asarray(m, np.uint8)
+                if self.cutout == "none":
+                    predicted = self.predictor.predict_batch([images[i] for i in good])
+                    for i, m in zip(good, predicted, strict=True):
+                        masks[i] = np.asarray(m, np.uint8)
+                else:
+                    for i in good:
+                        r = self.predictor.render(images[i], self.cutout)
+                        masks[i], cuts[i] = np.asarray(r["mask"], np.uint8), r["cutout"]
             except Exception as e:  # the whole batch failed: say so for each photo
                 for i in good:
                     errors[i] = f"prediction failed: {e.__class__.__name__}: {e}"
         return {"path": batch["path"], "image": np.array(images + [None], dtype=object)[:-1],
                 "mask": np.array(masks + [None], dtype=object)[:-1],
+                "cutout": np.array(cuts + [None], dtype=object)[:-1],
                 "error": np.array(errors, dtype=object)}
 
 
@@ -90,14 +101,15 @@ def _write(row: dict[str, Any], output: str, cutout: str) -> dict[str, Any]:
     photo = Path(row["path"])
     outs = outputs_for(photo, Path(output), cutout)
     h, w = row["image"].shape[:2]
-    if cutout == "white" and max(h, w) > MAX_JPEG_SIDE:  # refused before anything is written
+    # refused before anything is written
+    if cutout not in ("none", "transparent") and max(h, w) > MAX_JPEG_SIDE:
         return {"path": row["path"], "status": "failed",
                 "reason": f"{photo}: is {w}x{h}: too large for a JPEG cutout (JPEG's sides are "
                           f"at most {MAX_JPEG_SIDE} pixels); use --cutout transparent (PNG)"}
     try:
         data = [encode_mask_png(row["mask"])]
         if cutout != "none":
-            data.append(encode_cutout(row["image"], row["mask"], cutout)[0])
+            data.append(encode_image(row["cutout"])[0])
         # the mask last: a photo counts as done only once every output exists
         for path, blob in reversed(list(zip(outs, data, strict=True))):
             write_atomic(path, blob)
@@ -181,7 +193,8 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         else:
             ds = ds.map(_decode)
             ds = ds.map_batches(_PredictActor, fn_constructor_kwargs={
-                "model_dir": model, "backend": backend, "device": device}, **actors)
+                "model_dir": model, "backend": backend, "device": device, "cutout": cutout},
+                **actors)
             ds = ds.map(_write, fn_kwargs={"output": out, "cutout": cutout})
         for row in ds.iter_rows():
             if row["status"] == "done":

@@ -1,4 +1,5 @@
-"""A picture of what the model does: photo, true mask, predicted mask with its Dice, cutout.
+"""A picture of what the model does: photo, true mask, predicted mask with its Dice, cutout,
+and (given the model) a zoomed crop of the car's edge without and with refinement.
 
 Predicted masks come from a folder of `<stem>_mask.png` files (what carseg_infer writes) or,
 where a photo has none there, from the reference predictor over an artifact folder.
@@ -35,6 +36,7 @@ class Row:
     photo: np.ndarray  # HxWx3 RGB
     truth: np.ndarray  # HxW {0,1}
     pred: np.ndarray  # HxW {0,1}
+    edge: np.ndarray | None = None  # edge_crop(): photo | without refinement | with it
 
     @property
     def dice(self) -> float:
@@ -69,29 +71,57 @@ def describe_dice(rows: list[Row]) -> str:
             f"over these {len(rows)} held-out photos: {mean:.4f}")
 
 
+def edge_crop(rgb: np.ndarray, plain: np.ndarray, alpha: np.ndarray, size: int = 64,
+              zoom: int = 3) -> np.ndarray:
+    """Side by side, `zoom`x: the photo, its white cutout from the unrefined mask `plain`, and
+    the soft cutout from the refined matte `alpha` (0..255), around the `size` px square of the
+    car's edge where the two masks differ most."""
+    h, w = plain.shape
+    size = min(size, h, w)
+    diff = (plain.astype(bool) != (alpha > 127)).astype(np.float64)
+    c = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    a = alpha[..., None].astype(np.float32) / 255
+    tiles_ = [rgb, np.where(plain[..., None] > 0, rgb, 255).astype(np.uint8),
+              (rgb * a + 255 * (1 - a)).round().astype(np.uint8)]
+    big = [np.kron(t[y:y + size, x:x + size], np.ones((zoom, zoom, 1), np.uint8)) for t in tiles_]
+    gap = np.full((size * zoom, 4, 3), 255, np.uint8)
+    return np.concatenate([big[0], gap, big[1], gap, big[2]], axis=1)
+
+
 def collect(csv_path: Path, masks: Path | None = None, model: Path | None = None,
             num: int = 12) -> list[Row]:
-    predictor = None
+    predictor = plain = None
     if model is not None:
         predictor = ReferencePredictor(model)
+        if predictor.refine is not None:
+            plain = ReferencePredictor(model, refine=False)
     rows = []
     for image_path, truth_path in read_csv(csv_path)[:num]:
         photo = read_rgb(image_path)
+        edge = None
+        if plain is not None and predictor is not None:
+            edge = edge_crop(photo, np.asarray(plain.predict(photo)),
+                             np.asarray(predictor.predict_matte(photo)[1]))
         rows.append(Row(image_path.stem, photo, read_mask(truth_path),
-                        _predicted(image_path, photo, masks, predictor)))
+                        _predicted(image_path, photo, masks, predictor), edge))
     if not rows:
         raise DataError(f"{csv_path}: no photos for the gallery")
     return rows
 
 
-def _tile(img: np.ndarray, label: str) -> np.ndarray:
+def _tile(img: np.ndarray, label: str, height: int | None = None) -> np.ndarray:
+    """`img` scaled to TILE_W wide, or to `height` high, with `label` on a white band."""
     h, w = img.shape[:2]
-    th = round(h * TILE_W / w)
-    t = cv2.resize(img, (TILE_W, th), interpolation=cv2.INTER_AREA)
+    width, th = (TILE_W, round(h * TILE_W / w)) if height is None else (round(w * height / h),
+                                                                         height)
+    t = cv2.resize(img, (width, th), interpolation=cv2.INTER_AREA if width < w
+                   else cv2.INTER_NEAREST)
     if t.ndim == 2:
         t = np.repeat(t[..., None], 3, axis=2)
     t = t.copy()
-    cv2.rectangle(t, (0, 0), (TILE_W, 18), (255, 255, 255), -1)
+    cv2.rectangle(t, (0, 0), (width, 18), (255, 255, 255), -1)
     cv2.putText(t, label, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 1, cv2.LINE_AA)
     return t
 
@@ -102,8 +132,11 @@ def tiles(row: Row) -> list[np.ndarray]:
     pred_vis = np.repeat((row.pred * 255)[..., None], 3, axis=2).astype(np.uint8)
     pred_vis[(row.truth == 1) & (row.pred == 0)] = (230, 40, 40)
     pred_vis[(row.truth == 0) & (row.pred == 1)] = (40, 90, 230)
-    return [_tile(row.photo, row.name), _tile(row.truth * 255, "true mask"),
-            _tile(pred_vis, f"predicted, Dice {row.dice:.4f}"), _tile(cutout, "cutout")]
+    out = [_tile(row.photo, row.name), _tile(row.truth * 255, "true mask"),
+           _tile(pred_vis, f"predicted, Dice {row.dice:.4f}"), _tile(cutout, "cutout")]
+    if row.edge is not None:
+        out.append(_tile(row.edge, "edge: photo | not refined | refined", out[0].shape[0]))
+    return out
 
 
 def write(rows: list[Row], png: Path, html_path: Path | None = None, title: str = "") -> Path:

@@ -1,8 +1,15 @@
 """Online serving on Ray Serve: `carseg serve`, or `build_app(...)` for `serve.run`.
 
-HTTP API
+HTTP API (described in OpenAPI 3 at GET /openapi.json)
   POST /v1/segment            body: a JPEG/PNG/BMP/GIF photo -> the mask as PNG (0/255)
-       ?output=cutout&background=white|transparent   -> the cutout (JPEG on white, PNG alpha)
+       ?output=cutout         -> the cutout: JPEG over background=white (default) or #RRGGBB,
+                                 PNG with the alpha matte for background=transparent
+       ?output=alpha          -> the alpha matte as a grey PNG (0..255)
+       &crop=MARGIN           the cutout cropped to the car grown by MARGIN pixels
+       &refine=0              without the manifest's full-resolution refinement
+       &quality=Q             JPEG quality, 1-100 (default 95)
+  GET  /                      a web page: drop photos, see and download their cutouts
+  GET  /openapi.json          this API
   GET  /v1/model              the artifact folder's manifest.json
   GET  /v1/stats              this replica's batch-size histogram and request counts
   GET  /healthz               "ok" once the replica's predictor is loaded
@@ -33,7 +40,14 @@ import numpy as np
 
 from carseg.apps._ray import require_ray, stop_on_signals
 from carseg.errors import CarsegError, DataError
-from carseg.io.encode import MAX_JPEG_SIDE, encode_cutout, encode_mask_png, parse_background
+from carseg.io.encode import (
+    JPEG_QUALITY,
+    MAX_JPEG_SIDE,
+    Backdrop,
+    encode_alpha_png,
+    encode_image,
+    encode_mask_png,
+)
 from carseg.io.images import ImageTooLarge, decode_rgb, image_header, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
 from carseg.runtime.predictor import open_predictor
@@ -188,6 +202,8 @@ class Segmenter:
 
         if path == "/healthz":
             return 200, "text/plain", b"ok\n"
+        if method == "GET" and (page := await self.page(path)) is not None:
+            return page
         if path == "/v1/model":
             return 200, "application/json", json.dumps(self.manifest).encode()
         if path == "/v1/stats":
@@ -195,8 +211,8 @@ class Segmenter:
                      "responses": {str(k): v for k, v in sorted(self.requests.items())}}
             return 200, "application/json", json.dumps(stats).encode()
         if path != "/v1/segment":
-            return err(404, f"no route {path}; routes: POST /v1/segment, GET /v1/model, "
-                            f"GET /healthz")
+            return err(404, f"no route {path}; routes: POST /v1/segment, GET /, "
+                            f"GET /openapi.json, GET /v1/model, GET /healthz")
         if method != "POST":
             return err(405, f"{path} takes POST with an image body, got {method}")
         ctype = content_type.split(";")[0].strip().lower()
@@ -209,14 +225,11 @@ class Segmenter:
         if len(body) > self.max_body_bytes:
             return err(413, f"body of {len(body)} bytes is over the {self.max_body_bytes} "
                             f"byte limit")
-        output = query.get("output", "mask")
-        background = query.get("background", "white")
-        if output not in ("mask", "cutout"):
-            return err(400, f"output: expected mask or cutout, got {output!r}")
         try:
-            parse_background(background)
+            opts = request_options(query)
         except ValueError as e:
             return err(400, str(e))
+        output, backdrop = opts["output"], opts["backdrop"]
         try:  # a header can be slow to parse too (a PNG of a million chunks): not on the loop
             async with self.decodes:
                 w, h = await finish(asyncio.to_thread(image_header, body, "request body"))
@@ -227,7 +240,7 @@ class Segmenter:
         if w * h > self.max_pixels:
             return err(413, f"request body: image too large ({w}x{h}, limit {self.max_pixels} "
                             f"pixels)")
-        if output == "cutout" and background == "white" and max(w, h) > MAX_JPEG_SIDE:
+        if output == "cutout" and not backdrop.transparent and max(w, h) > MAX_JPEG_SIDE:
             return err(413, f"request body: {w}x{h} is too large for a JPEG cutout (sides at "
                             f"most {MAX_JPEG_SIDE}); ask for background=transparent")
         # Decoding and encoding run on worker threads, never on the event loop: a slow photo
@@ -243,16 +256,127 @@ class Segmenter:
             except DataError as e:
                 return err(400, str(e))
             try:
-                mask = await finish(self.predict_one(rgb))
-                if output == "mask":
+                if output == "mask" and opts["refine"]:  # batched with the other requests
+                    mask = await finish(self.predict_one(rgb))
                     return 200, "image/png", await finish(asyncio.to_thread(encode_mask_png,
                                                                             mask))
-                data, suffix = await finish(asyncio.to_thread(encode_cutout, rgb, mask,
-                                                              background))
+                data, ctype = await finish(asyncio.to_thread(self.render, rgb, opts))
             except Exception as e:  # the replica survives a failing request and says why
                 log.exception("request failed")
                 return err(500, f"prediction failed: {e.__class__.__name__}: {e}")
-            return 200, "image/jpeg" if suffix == ".jpg" else "image/png", data
+            return 200, ctype, data
+
+    def render(self, rgb: np.ndarray, opts: dict[str, Any]) -> tuple[bytes, str]:
+        """One photo's cutout, alpha matte or unrefined mask, encoded: (bytes, content type)."""
+        output = opts["output"]
+        r = self.predictor.render(rgb, opts["background"] if output == "cutout" else None,
+                                  crop=opts["crop"], refine=opts["refine"])
+        if output == "mask":
+            return encode_mask_png(r["mask"]), "image/png"
+        if output == "alpha":
+            return encode_alpha_png(r["alpha"]), "image/png"
+        data, suffix = encode_image(r["cutout"], opts["quality"])
+        return data, "image/jpeg" if suffix == ".jpg" else "image/png"
+
+    async def page(self, path: str) -> tuple[int, str, bytes] | None:
+        if path == "/":
+            return 200, "text/html; charset=utf-8", _web_file("index.html")
+        if path == "/openapi.json":
+            return 200, "application/json", json.dumps(openapi()).encode()
+        return None
+
+
+def request_options(query: dict[str, str]) -> dict[str, Any]:
+    """/v1/segment's query, checked: output, background (a colour or transparent: never a
+    path, which would name the server's files), crop, quality, refine. ValueError names the
+    parameter."""
+    known = {"output", "background", "crop", "quality", "refine"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise ValueError(f"unknown query parameter {unknown[0][:40]!r}; known: {sorted(known)}")
+    output = query.get("output", "mask")
+    if output not in ("mask", "cutout", "alpha"):
+        raise ValueError(f"output: expected mask, cutout or alpha, got {output[:40]!r}")
+    background = query.get("background", "white")
+    if background not in ("white", "transparent") and not background.startswith("#"):
+        raise ValueError(f"background: expected white, transparent or #RRGGBB, got "
+                         f"{background[:40]!r}")
+    backdrop = Backdrop.parse(background)
+
+    def integer(name: str, default: int | None, lo: int, hi: int) -> int | None:
+        v = query.get(name)
+        if v is None:
+            return default
+        if not v.isdigit() or not lo <= int(v) <= hi:
+            raise ValueError(f"{name}: expected an integer in [{lo}, {hi}], got {v[:40]!r}")
+        return int(v)
+
+    refine = query.get("refine", "1")
+    if refine not in ("0", "1"):
+        raise ValueError(f"refine: expected 0 or 1, got {refine[:40]!r}")
+    return {"output": output, "background": background, "backdrop": backdrop,
+            "crop": integer("crop", None, 0, 1 << 16),
+            "quality": integer("quality", JPEG_QUALITY, 1, 100), "refine": refine == "1"}
+
+
+@functools.cache
+def _web_file(name: str) -> bytes:
+    return (Path(__file__).parent / "web" / name).read_bytes()
+
+
+def openapi() -> dict[str, Any]:
+    """The HTTP API in OpenAPI 3.1."""
+    from carseg import __version__
+
+    image = {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                         for t in ("image/jpeg", "image/png")}}
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+
+    def param(name: str, schema: dict[str, Any], desc: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema,
+                "description": desc}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "carseg serve", "version": __version__,
+                 "description": "Car segmentation and background removal."},
+        "paths": {
+            "/v1/segment": {"post": {
+                "summary": "Mask, cutout or alpha matte of one photo, at the photo's size",
+                "parameters": [
+                    param("output", {"enum": ["mask", "cutout", "alpha"], "default": "mask"},
+                          "mask: PNG of 0/255; cutout: the car over the background; alpha: "
+                          "the alpha matte as a grey PNG"),
+                    param("background", {"type": "string", "default": "white",
+                                         "pattern": "^(white|transparent|#[0-9a-fA-F]{6})$"},
+                          "cutout: white or #RRGGBB (JPEG), transparent (PNG with alpha)"),
+                    param("crop", {"type": "integer", "minimum": 0},
+                          "cutout: crop to the car's box grown by this many pixels"),
+                    param("quality", {"type": "integer", "minimum": 1, "maximum": 100,
+                                      "default": JPEG_QUALITY}, "JPEG quality of a cutout"),
+                    param("refine", {"enum": ["0", "1"], "default": "1"},
+                          "1: the manifest's full-resolution refinement; 0: the model's mask "
+                          "resized"),
+                ],
+                "requestBody": {"required": True, "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in IMAGE_TYPES + ("application/octet-stream",)}},
+                "responses": {"200": {"description": "the image", **image},
+                              "400": {"description": "not a readable image, or a bad "
+                                                     "parameter", **text},
+                              "413": {"description": "body or image too large", **text},
+                              "415": {"description": "not an image", **text},
+                              "500": {"description": "prediction failed", **text}}}},
+            "/v1/model": {"get": {"summary": "the artifact folder's manifest.json",
+                                  "responses": {"200": {"description": "manifest.json"}}}},
+            "/v1/stats": {"get": {"summary": "batch sizes and responses of this replica",
+                                  "responses": {"200": {"description": "counts"}}}},
+            "/healthz": {"get": {"summary": "ok once the replica's predictor is loaded",
+                                 "responses": {"200": {"description": "ok"}}}},
+            "/": {"get": {"summary": "the web page",
+                          "responses": {"200": {"description": "HTML"}}}},
+        },
+    }
 
 
 def _deployment_class(max_batch: int, batch_wait_ms: float):

@@ -276,10 +276,11 @@ class ReferencePredictor:
         mask, _, out = self._render(im, lg, backdrop, True)
         return self._give_back(out, was_numpy, dev), self._give_back(mask, was_numpy, dev)
 
-    def _render(self, im: torch.Tensor, lg: torch.Tensor, backdrop: Any, want_cutout: bool
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if self.refine is None:
-            mask = self._mask(im, lg)
+    def _render(self, im: torch.Tensor, lg: torch.Tensor, backdrop: Any, want_cutout: bool,
+                refined: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.refine is None or not refined:
+            hw = (int(im.shape[0]), int(im.shape[1]))
+            mask = mask_from_logits(postprocess_logits(lg, hw, self.spec), self.threshold)
             alpha = mask * 255
             out = hard_composite(im, mask, backdrop) if want_cutout else None
             return mask, alpha, out
@@ -292,13 +293,14 @@ class ReferencePredictor:
             out = refine.composite_soft(im, a, f, back)
         return mask, refine.to_u8(a), out
 
-    def render(self, image: Any, background: Any = "white",
-               crop: int | None = None) -> dict[str, Any]:
+    def render(self, image: Any, background: Any = "white", crop: int | None = None,
+               refine: bool = True) -> dict[str, Any]:
         """Everything a front end writes for one photo, from one forward pass: {"mask": uint8
         [H,W] in {0,1}, "alpha": uint8 [H,W] 0..255, "cutout": uint8 [h,w,3|4] or None} (numpy).
         background: white, transparent, #RRGGBB, an image file's path (or a parsed
         carseg.io.encode.Backdrop), or None (no cutout);
-        crop=MARGIN: the cutout cropped to the car's box grown by MARGIN pixels (crop_box)."""
+        crop=MARGIN: the cutout cropped to the car's box grown by MARGIN pixels (crop_box);
+        refine=False: this call without the refinement."""
         from carseg.io.encode import Backdrop, crop_box
 
         rgb, _ = self._as_tensor(image)
@@ -308,7 +310,7 @@ class ReferencePredictor:
               else Backdrop.parse(background))
         _, lg, _, _ = self._forward([im])[0]
         mask, alpha, out = self._render(im, lg, None if bd is None else bd.behind(h, w),
-                                        bd is not None)
+                                        bd is not None, refine)
         result = {"mask": mask.cpu().numpy(), "alpha": alpha.cpu().numpy(), "cutout": None}
         if out is not None:
             cut = out.cpu().numpy()
