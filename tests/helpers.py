@@ -7,6 +7,7 @@ cached under the session's base temp folder instead, and each module's fixture c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -212,3 +213,53 @@ def tiny_run_config(data: Path, logdir: Path) -> dict:
         loader.pop("persistent_workers", None)
     step["loaders"]["train"]["dataset"]["transforms"]["stage"] = "valid"
     return config
+
+
+# ---- an oracle model: a known answer, for tests of what is done with a good mask ----------
+
+class _SaturationOracle(torch.nn.Module):
+    """Logits from colour saturation: the oracle photos' car is saturated blue on a grey
+    studio, so this 'model' is confident far from the edge and unsure on it, as a good model
+    seen at a small input size."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x * self.std + self.mean
+        sat = rgb.amax(1, keepdim=True) - rgb.amin(1, keepdim=True)
+        return 30 * (sat - 0.25)
+
+
+def oracle_artifacts(base: Path, dest: Path) -> Path:
+    """An artifact folder like `base` (its manifest, refinement included) whose TorchScript
+    model is the saturation oracle."""
+    from carseg.runtime.preprocess import PreprocessSpec
+
+    manifest = json.loads((base / "manifest.json").read_text())
+    spec = PreprocessSpec.from_json(manifest["preprocessing"])
+    dest.mkdir(parents=True)
+    model = _SaturationOracle(spec.mean, spec.std).eval()
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(model, torch.zeros(1, 3, spec.size, spec.size)))
+    path = dest / "model.torchscript.pt"
+    frozen.save(str(path))
+    data = path.read_bytes()
+    entry = dict(manifest["artifacts"]["torchscript"], file=path.name, parity=None,
+                 sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    manifest["artifacts"] = {"torchscript": entry}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return dest
+
+
+def oracle_photo(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(photo, true mask): a blue ellipse (the car), its edge blended over about 2 pixels, on a
+    grey studio with a little noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    rr = ((yy - h * 0.55) / (h * 0.3)) ** 2 + ((xx - w * 0.5) / (w * 0.33)) ** 2
+    cover = np.clip((1 - rr) * 12 + 0.5, 0, 1)[..., None]
+    rgb = cover * [40, 70, 200] + (1 - cover) * [205, 205, 200] + rng.normal(0, 3, (h, w, 3))
+    return np.clip(rgb, 0, 255).round().astype(np.uint8), rr <= 1

@@ -102,28 +102,26 @@ bool is_hex64(const std::string& s) {
 
 }  // namespace
 
-std::pair<int, int> RefineSpec::small_shape(int height, int width) const {
-  auto fit = [&](int side) {
-    return std::max(1, static_cast<int>(std::nearbyint(static_cast<double>(side) / subsample)));
-  };
-  return {fit(height), fit(width)};
-}
-
-int RefineSpec::small_radius() const {
-  return std::max(1, static_cast<int>(std::nearbyint(static_cast<double>(radius) / subsample)));
+RefineSpec::Grid RefineSpec::grid(int height, int width, int size) const {
+  const double s = static_cast<double>(std::max(height, width)) / static_cast<double>(size);
+  const double cell = std::max(1.0, subsample * s);
+  auto cells = [&](double v) { return std::max(1, static_cast<int>(std::nearbyint(v))); };
+  return {cells(static_cast<double>(height) / cell), cells(static_cast<double>(width) / cell),
+          cells(radius * s / cell)};
 }
 
 void RefineSpec::validate() const {
-  if (radius < 1 || radius > kMaxRadius)
-    throw OptionError("refine", "radius: expected an integer in [1, " + std::to_string(kMaxRadius) +
-                                    "], got " + std::to_string(radius));
-  if (subsample < 1 || subsample > kMaxSubsample)
-    throw OptionError("refine", "subsample: expected an integer in [1, " +
-                                    std::to_string(kMaxSubsample) + "], got " + std::to_string(subsample));
-  if (!(eps > 0 && eps <= 1))
-    throw OptionError("refine", "eps: expected a number in (0, 1], got " + std::to_string(eps));
-  if (!(softness > 0 && softness <= 1))
-    throw OptionError("refine", "softness: expected a number in (0, 1], got " + std::to_string(softness));
+  auto check = [](const char* name, double v, double hi) {
+    if (!(v > 0 && v <= hi)) {
+      std::ostringstream msg;
+      msg << name << ": expected a number in (0, " << hi << "], got " << v;
+      throw OptionError("refine", msg.str());
+    }
+  };
+  check("radius", radius, kMaxRadius);
+  check("subsample", subsample, kMaxSubsample);
+  check("eps", eps, 1);
+  check("softness", softness, 1);
 }
 
 std::pair<int, int> PreprocessSpec::resized_shape(int height, int width) const {
@@ -258,14 +256,8 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
       const std::string method = r.string(ref, "method", "output.refine.", &guided);
       if (method != "guided") r.fail("output.refine.method: only \"guided\" is supported, got " + quote(method));
       RefineSpec spec;
-      auto integer = [&](const char* key, int fallback, int most) {
-        const double v = r.number(ref, key, "output.refine.", fallback, 1, most);
-        if (v != std::floor(v))
-          r.fail(std::string("output.refine.") + key + ": expected an integer, got " + quote(ref.at(key)));
-        return static_cast<int>(v);
-      };
-      spec.radius = integer("radius", spec.radius, RefineSpec::kMaxRadius);
-      spec.subsample = integer("subsample", spec.subsample, RefineSpec::kMaxSubsample);
+      spec.radius = r.number(ref, "radius", "output.refine.", spec.radius, 0, RefineSpec::kMaxRadius);
+      spec.subsample = r.number(ref, "subsample", "output.refine.", spec.subsample, 0, RefineSpec::kMaxSubsample);
       spec.eps = r.number(ref, "eps", "output.refine.", spec.eps, 0, 1);
       spec.softness = r.number(ref, "softness", "output.refine.", spec.softness, 0, 1);
       try {

@@ -146,9 +146,10 @@ struct Predictor::Impl {
     const int h = static_cast<int>(image.size(0)), w = static_cast<int>(image.size(1));
     Matte m;
     if (refine && refined) {
-      const auto [sh, sw] = refine->small_shape(h, w);
-      auto fit = std::make_shared<RefineFit>(
-          fit_refinement(image, pre->postprocess_logits(logits, sh, sw), *refine, threshold));
+      const int size = pre->spec().size;
+      const RefineSpec::Grid g = refine->grid(h, w, size);
+      auto fit = std::make_shared<RefineFit>(fit_refinement(
+          image, pre->postprocess_logits(logits, g.height, g.width), *refine, threshold, size));
       m = apply_refinement(image, fit);
       m.mask = m.mask.to(torch::kCPU);
       m.alpha = m.alpha.to(torch::kCPU);

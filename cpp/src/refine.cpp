@@ -202,8 +202,11 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
           q += lerp2(C + plane, w, ty, tx) * (static_cast<float>(px[1]) / 255.0F);
           q += lerp2(C + 2 * plane, w, ty, tx) * (static_cast<float>(px[2]) / 255.0F);
           q += lerp2(C + 3 * plane, w, ty, tx);
-          mask[row + xx] = q > t ? 1 : 0;
-          alpha[row + xx] = to_u8(std::clamp((q - t) / s + 0.5F, 0.0F, 1.0F));
+          // Above 127 exactly where the mask is set (refine.alpha_u8).
+          const std::uint8_t a = to_u8(std::clamp((q - t) / s + 0.5F, 0.0F, 1.0F));
+          const bool car = q > t;
+          mask[row + xx] = car ? 1 : 0;
+          alpha[row + xx] = car ? std::max<std::uint8_t>(a, 128) : std::min<std::uint8_t>(a, 127);
         }
       }
       x = end;
@@ -217,17 +220,19 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
 }  // namespace
 
 RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits_small,
-                         const RefineSpec& spec, double threshold) {
+                         const RefineSpec& spec, double threshold, int size) {
   check_image(image);
   spec.validate();
   c10::InferenceMode guard;
   const int H = static_cast<int>(image.size(0)), W = static_cast<int>(image.size(1));
-  const auto [h, w] = spec.small_shape(H, W);
+  if (size < 1) throw Error("refine", "expected the model's input size, got " + std::to_string(size));
+  const RefineSpec::Grid g = spec.grid(H, W, size);
+  const int h = g.height, w = g.width;
   if (logits_small.dim() != 2 || logits_small.size(0) != h || logits_small.size(1) != w) {
     std::ostringstream got;
     got << logits_small.sizes();
     throw Error("logits", "expected [" + std::to_string(h) + ", " + std::to_string(w) +
-                              "] (the photo's size / subsample), got " + got.str());
+                              "] (the fitting grid), got " + got.str());
   }
   RefineFit f;
   torch::Tensor guide;
@@ -243,7 +248,7 @@ RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits
     guide = image.permute({2, 0, 1}).to(torch::kFloat32).div_(255);
     if (h != H || w != W) guide = torch::adaptive_avg_pool2d(guide.unsqueeze(0), {h, w}).squeeze(0);
   }
-  const int r = spec.small_radius();
+  const int r = g.radius;
   auto [a, b] = guided_coefficients(guide, torch::sigmoid(logits_small.to(torch::kFloat32)), r, spec.eps);
   const torch::Tensor alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness);
   f.fg = (box(guide * alpha, r) / box(alpha, r).clamp_min_(1e-6)).clamp_(0, 1).contiguous();
@@ -271,7 +276,8 @@ Matte apply_refinement(const torch::Tensor& image, std::shared_ptr<const RefineF
   const torch::Tensor q = (ab.narrow(0, 0, 3) * full).sum(0) + ab.select(0, 3);
   Matte m;
   m.mask = q.gt(static_cast<double>(fit->threshold)).to(torch::kUInt8);
-  m.alpha = soft_alpha(q, fit->threshold, fit->softness).mul_(255).add_(0.5).clamp_(0, 255).to(torch::kUInt8);
+  const torch::Tensor a = soft_alpha(q, fit->threshold, fit->softness).mul_(255).add_(0.5).clamp_(0, 255).to(torch::kUInt8);
+  m.alpha = torch::where(m.mask.to(torch::kBool), a.clamp_min(128), a.clamp_max(127));  // refine.alpha_u8
   if (undecided) *undecided = 1.0;
   m.fit = std::move(fit);
   return m;

@@ -220,11 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     backdrops = {"white": torch.tensor([255, 255, 255], dtype=torch.uint8),
                  "colour": torch.tensor([0x33, 0x66, 0xcc], dtype=torch.uint8), "rgba": None}
     for i, (e, t) in enumerate(zip(images, tensors, strict=True)):
-        small = postprocess_logits(batch_logits[i], rspec.small_shape(e["h"], e["w"]), spec)
-        fit = refine.fit(t, small, rspec, threshold)
+        small = postprocess_logits(batch_logits[i], rspec.grid(e["h"], e["w"], spec.size)[0],
+                                   spec)
+        fit = refine.fit(t, small, rspec, threshold, spec.size)
         mask, alpha = refine.matte(t, fit)
         write_raw(out / f"{e['name']}.refined_mask.u8", mask)
-        write_raw(out / f"{e['name']}.alpha.u8", refine.to_u8(alpha))
+        write_raw(out / f"{e['name']}.alpha.u8", refine.alpha_u8(alpha, mask))
         for key, back in backdrops.items():
             write_raw(out / f"{e['name']}.cutout_{key}.u8",
                       refine.composite_soft(t, alpha, fit, back))

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "carseg/cutout.h"
@@ -34,7 +35,7 @@ TEST(Refine, PredictorMatchesThePythonReference) {
   const json c = cases();
   const carseg::Predictor predictor(fixtures() / "model");
   ASSERT_TRUE(predictor.refine().has_value());
-  EXPECT_EQ(predictor.refine()->radius, 64);
+  EXPECT_DOUBLE_EQ(predictor.refine()->radius, 4.0);
   std::vector<torch::Tensor> images;
   for (const auto& e : c["images"]) images.push_back(png_photo(e));
   const std::vector<carseg::Matte> mattes = predictor.predict_mattes(images);
@@ -116,15 +117,18 @@ TEST(Refine, FollowsThePhotosEdgeAndComposites) {
       for (int c = 0; c < 3; ++c) image[y][x][c] = static_cast<int>(std::lround(car[c] * cover + 200 * (1 - cover)));
     }
   }
+  // A 120 px model: 3 photo px a model px; radius 32 px, 4 px cells.
   carseg::RefineSpec spec;
-  spec.radius = 32;
-  spec.subsample = 4;
-  const auto [h, w] = spec.small_shape(H, W);
+  spec.radius = 32.0 / 3;
+  spec.subsample = 4.0 / 3;
+  const carseg::RefineSpec::Grid g = spec.grid(H, W, 120);
+  ASSERT_EQ(g.radius, 8);
+  const int h = g.height, w = g.width;
   // Coarse logits: the truth area-pooled to 1/24 and stretched back, as a model at 15 px would see it.
   const torch::Tensor coarse = torch::adaptive_avg_pool2d(truth.to(torch::kFloat32).unsqueeze(0), {10, 15});
   const torch::Tensor p = at::upsample_bilinear2d(coarse.unsqueeze(0), {h, w}, false).squeeze(0).squeeze(0);
   const torch::Tensor logits = torch::logit(p.clamp(0.02, 0.98));
-  auto fit = std::make_shared<carseg::RefineFit>(carseg::fit_refinement(image, logits, spec, 0.5));
+  auto fit = std::make_shared<carseg::RefineFit>(carseg::fit_refinement(image, logits, spec, 0.5, 120));
   const carseg::Matte m = carseg::apply_refinement(image, fit);
   const int64_t wrong = (m.mask != truth).sum().item<int64_t>();
   const torch::Tensor coarse_full = at::upsample_bilinear2d(p.unsqueeze(0).unsqueeze(0), {H, W}, false)[0][0];
@@ -203,6 +207,12 @@ TEST(Refine, BadBackdropsAndSpecsAreNamed) {
   spec.softness = 0.5;
   spec.radius = 0;
   EXPECT_THROW(spec.validate(), carseg::OptionError);
+  // The grid follows the photo's size: the same 4 model pixels at any size.
+  const carseg::RefineSpec d;
+  const auto big = d.grid(1280, 1918, 128), small = d.grid(160, 240, 64), tiny = d.grid(40, 60, 64);
+  EXPECT_EQ(std::make_tuple(big.height, big.width, big.radius), std::make_tuple(171, 256, 8));
+  EXPECT_EQ(std::make_tuple(small.height, small.width, small.radius), std::make_tuple(85, 128, 8));
+  EXPECT_EQ(std::make_tuple(tiny.height, tiny.width, tiny.radius), std::make_tuple(40, 60, 4));
 }
 
 }  // namespace

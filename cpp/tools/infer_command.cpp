@@ -129,7 +129,7 @@ int cmd_infer(int argc, char** argv) {
     const auto& rs = predictor->refine();
     std::cerr << "carseg_infer: " << predictor->device().str() << " " << carseg::to_string(predictor->precision())
               << " " << predictor->backend_name() << ", refinement "
-              << (rs ? "r=" + std::to_string(rs->radius) + " subsample " + std::to_string(rs->subsample) : "off")
+              << (rs ? "on (radius " + std::to_string(rs->radius).substr(0, 4) + " model px)" : "off")
               << ", cutout " << (opt.cutout ? opt.cutout->describe() : "none") << "\n";
     r = carseg::Pipeline(*predictor, opt).run(photos, output);
   } catch (const std::exception& e) {

@@ -74,21 +74,26 @@ def test_folder_with_bad_files_exit_1_and_report(fixtures: Path, photos: Path,
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left"
 
 
-@pytest.mark.parametrize("exact", [False, True], ids=["default", "exact"])
-def test_masks_match_python_reference(fixtures: Path, tmp_path: Path, exact: bool) -> None:
-    """By default (fused CPU kernels, oneDNN Graph fusion) the masks agree with the Python
-    reference to IoU >= 0.999 and at most 1 pixel in 10,000; with --exact they are identical."""
+@pytest.mark.parametrize("exact, refine", [(False, False), (True, False), (False, True)],
+                         ids=["default", "exact", "refined"])
+def test_masks_match_python_reference(fixtures: Path, tmp_path: Path, exact: bool,
+                                      refine: bool) -> None:
+    """Without refinement, by default (fused CPU kernels, oneDNN Graph fusion) the masks agree
+    with the Python reference to IoU >= 0.999 and at most 1 pixel in 10,000; with --exact they
+    are identical. With the manifest's refinement they agree with the reference's refined
+    masks as closely."""
     from PIL import Image
     cases = json.loads((fixtures / "cases.json").read_text())
     inputs = [fixtures / f"{e['name']}.png" for e in cases["images"]]
     out = tmp_path / "out"
     r = run("infer", "--model", fixtures / "model", "--input", *inputs, "--output", out,
             "--cutout", "transparent", "--batch", str(len(inputs)),
-            *(["--exact"] if exact else []))
+            *(["--exact"] if exact else []), *([] if refine else ["--no-refine"]))
     assert r.returncode == 0, r.stderr
     for e in cases["images"]:
         ours = np.asarray(Image.open(out / f"{e['name']}_mask.png")) > 0
-        raw = np.fromfile(fixtures / f"{e['name']}.ref_mask.u8", np.uint8)
+        suffix = "refined_mask" if refine else "ref_mask"
+        raw = np.fromfile(fixtures / f"{e['name']}.{suffix}.u8", np.uint8)
         ref = raw.reshape(e["h"], e["w"]) > 0
         union = (ours | ref).sum()
         assert union == 0 or (ours & ref).sum() / union >= 0.999, e["name"]
@@ -98,7 +103,11 @@ def test_masks_match_python_reference(fixtures: Path, tmp_path: Path, exact: boo
             assert (ours != ref).sum() <= max(1, ref.size // 10_000), e["name"]
         cut = Image.open(out / f"{e['name']}_cutout.png")
         assert cut.mode == "RGBA" and cut.size == (e["w"], e["h"])
-        assert np.array_equal(np.asarray(cut)[..., 3] > 0, ours)
+        alpha = np.asarray(cut)[..., 3]
+        assert np.array_equal(alpha > (127 if refine else 0), ours)
+        if refine:
+            want = np.fromfile(fixtures / f"{e['name']}.alpha.u8", np.uint8).reshape(alpha.shape)
+            assert np.abs(alpha.astype(int) - want.astype(int)).max() <= 1, e["name"]
 
 
 def test_usage_errors_exit_2(fixtures: Path, photos: Path, tmp_path: Path) -> None:

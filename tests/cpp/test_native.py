@@ -38,6 +38,12 @@ def predictor(tiny_artifacts: Path):
 
 
 @pytest.fixture(scope="module")
+def plain(tiny_artifacts: Path):
+    """The model's own contract, without the refinement: mask = sigmoid(logits) > threshold."""
+    return carseg.Predictor(tiny_artifacts, refine=False)
+
+
+@pytest.fixture(scope="module")
 def jpegs(tiny_data: Path) -> list[Path]:
     return sorted((tiny_data / "train").glob("*.jpg"))[:3]
 
@@ -183,7 +189,8 @@ def test_fast_cpu_options_agree_with_the_reference(tiny_artifacts: Path, jpegs: 
 
 # ---------------------------------------------------------------------------- outputs
 
-def test_proba_batch_and_tensors(predictor, photos: list[np.ndarray]) -> None:
+def test_proba_batch_and_tensors(plain, photos: list[np.ndarray]) -> None:
+    predictor = plain
     im = photos[0]
     mask = predictor.predict(im)
     proba = predictor.predict_proba(im)
@@ -213,15 +220,19 @@ def test_proba_batch_and_tensors(predictor, photos: list[np.ndarray]) -> None:
     assert np.array_equal(predictor.predict(ro), mask)
 
 
-def test_numpy_input_is_not_copied(predictor, photos: list[np.ndarray]) -> None:
+def test_numpy_input_is_not_copied(plain, photos: list[np.ndarray]) -> None:
     """The core sees the caller's buffer: writing into it between calls changes the result."""
+    predictor = plain
     im = photos[0].copy()
     before = predictor.predict(im)
     im[:] = 0
     assert not np.array_equal(predictor.predict(im), before) or before.sum() == 0
 
 
-def test_cutout(predictor, photos: list[np.ndarray]) -> None:
+def test_cutout(plain, photos: list[np.ndarray]) -> None:
+    """Without refinement, the hard rule: the photo where the mask is set, white (or alpha 0)
+    elsewhere, as carseg.io.encode.composite."""
+    predictor = plain
     im = photos[0]
     car = predictor.predict(im).astype(bool)
     assert car.any() and (~car).any(), "the tiny model should find some car and some background"
@@ -239,8 +250,33 @@ def test_cutout(predictor, photos: list[np.ndarray]) -> None:
 
     assert np.array_equal(composite(im, car, "white"), white)
     assert np.array_equal(composite(im, car, "transparent"), rgba)
-    with pytest.raises(CarsegError, match='background: expected white or transparent, got "blue"'):
+    with pytest.raises(CarsegError, match='background: expected white, transparent, #RRGGBB or '
+                                          'an image file, got "blue"'):
         predictor.cutout(im, "blue")
+
+
+def test_refined_matte_and_cutouts_equal_the_reference(predictor, tiny_artifacts: Path,
+                                                       photos: list[np.ndarray]) -> None:
+    """With the manifest's refinement, the bindings' mask, matte and cutouts (white, a colour,
+    transparent, cropped) are the Python reference's, to float rounding."""
+    from carseg.io.encode import crop_box
+    from carseg.runtime.reference import ReferencePredictor
+
+    ref = ReferencePredictor(tiny_artifacts)
+    assert predictor.refine == ref.refine.to_json()
+    for im in photos:
+        mask, alpha = predictor.predict_matte(im)
+        want_mask, want_alpha = ref.predict_matte(im)
+        assert (mask != want_mask).mean() <= 1e-3
+        assert np.abs(alpha.astype(int) - want_alpha.astype(int)).max() <= 1
+        for background in ("white", "#2060c0", "transparent"):
+            got = predictor.render(im, background)
+            want = ref.render(im, background)
+            assert got["cutout"].shape == want["cutout"].shape
+            assert np.abs(got["cutout"].astype(int) - want["cutout"].astype(int)).max() <= 2
+        cropped = predictor.render(im, "white", crop=3)["cutout"]
+        x0, y0, x1, y1 = crop_box(alpha, 3)
+        assert cropped.shape == (y1 - y0, x1 - x0, 3)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -489,8 +525,11 @@ def test_pipeline_binding_refuses_bad_options(predictor, tmp_path: Path) -> None
 
     with pytest.raises(CarsegError, match="batch: expected at least 1, got 0"):
         _native.Pipeline(predictor, batch=0)
-    with pytest.raises(CarsegError, match='background: expected white or transparent, got "blue"'):
+    with pytest.raises(CarsegError, match='background: expected white, transparent, #RRGGBB or '
+                                          'an image file, got "blue"'):
         _native.Pipeline(predictor, cutout="blue")
+    with pytest.raises(CarsegError, match="crop: expected a margin >= 0 pixels, got -1"):
+        _native.Pipeline(predictor, crop=-1)
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(CarsegError, match="cannot create the output folder"):
         _native.Pipeline(predictor).run([tmp_path / "x.jpg"], tmp_path / "file" / "out")

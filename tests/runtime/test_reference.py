@@ -62,8 +62,8 @@ def test_the_mask_is_refined_as_the_manifest_says(tiny_artifacts: Path, tiny_log
         t = torch.from_numpy(photo.copy())
         with torch.no_grad():
             raw = model(preprocess(t, spec)[None])[0]
-        small = postprocess_logits(raw, RefineSpec().small_shape(*photo.shape[:2]), spec)
-        fit = refine.fit(t, small, RefineSpec(), 0.5)
+        small = postprocess_logits(raw, RefineSpec().grid(*photo.shape[:2], 64)[0], spec)
+        fit = refine.fit(t, small, RefineSpec(), 0.5, 64)
         want, alpha = refine.matte(t, fit)
         mask = predictor.predict(photo)
         assert (mask != want.numpy()).mean() <= 1e-3

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from carseg.runtime.refine import box, guided_coefficients, refine
+from carseg.runtime.refine import RefineSpec, box, guided_coefficients, refine
 
 
 @pytest.mark.parametrize("r", [0, 1, 3, 9])
@@ -83,9 +83,9 @@ def test_far_from_the_edge_the_refinement_keeps_the_models_probability() -> None
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"radius": 0}, r"refine.radius: expected an integer in \[1, 4096\], got 0"),
-    ({"subsample": 0}, r"refine.subsample: expected an integer in \[1, 64\], got 0"),
-    ({"eps": 0.0}, r"refine.eps: expected a number in \(0, 1\], got 0.0"),
+    ({"radius": 0}, "radius and subsample must be >= 1"),
+    ({"subsample": 0}, "radius and subsample must be >= 1"),
+    ({"eps": 0.0}, "eps > 0"),
 ])
 def test_bad_parameters_are_named(kwargs: dict, message: str) -> None:
     rgb, car = _photo_with_a_car(48, 72)
@@ -98,3 +98,24 @@ def test_bad_shapes_are_named() -> None:
         refine(torch.zeros(4, 4), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="logits: expected"):
         refine(torch.zeros(4, 4, 3, dtype=torch.uint8), torch.zeros(1, 2, 2))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"radius": 0}, r"refine.radius: expected a number in \(0, 256\], got 0"),
+    ({"subsample": -1.0}, r"refine.subsample: expected a number in \(0, 64\], got -1.0"),
+    ({"eps": 0.0}, r"refine.eps: expected a number in \(0, 1\], got 0.0"),
+    ({"softness": 1.5}, r"refine.softness: expected a number in \(0, 1\], got 1.5"),
+    ({"method": "matting"}, r"refine.method: expected guided, got 'matting'"),
+])
+def test_bad_specs_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RefineSpec(**kwargs)
+
+
+def test_the_grid_scales_with_the_photo_not_in_pixels() -> None:
+    """The window is the same share of the photo at any size: 4 model pixels."""
+    spec = RefineSpec()
+    assert spec.grid(1280, 1918, 128) == ((171, 256), 8)  # 60 px radius, 7.5 px cells
+    assert spec.grid(160, 240, 64) == ((85, 128), 8)      # 15 px radius, 1.9 px cells
+    assert spec.grid(40, 60, 64) == ((40, 60), 4)         # finer than the photo: 1 px cells
+    assert RefineSpec.from_json(spec.to_json()) == spec

@@ -28,17 +28,21 @@ struct PreprocessSpec {
 /// manifest.json's output.refine (python/carseg/runtime/refine.py RefineSpec): the guided
 /// filter that turns the model's logits into the mask and alpha matte at the photo's size.
 struct RefineSpec {
-  int radius = 64;        // window radius, pixels of the photo
-  double eps = 1e-4;      // regularization
-  int subsample = 8;      // coefficients fitted at 1/subsample of the photo's size
-  double softness = 0.5;  // soft edge: alpha = clamp((q - threshold) / softness + 0.5, 0, 1)
+  double radius = 4.0;     // window radius, in pixels of the model's input
+  double eps = 1e-4;       // regularization
+  double subsample = 0.5;  // a fitting cell, in pixels of the model's input (never under 1 photo px)
+  double softness = 0.5;   // soft edge: alpha = clamp((q - threshold) / softness + 0.5, 0, 1)
 
-  static constexpr int kMaxRadius = 4096;
-  static constexpr int kMaxSubsample = 64;
-  /// Where the coefficients are fitted: the photo's size / subsample, rounded half to even,
-  /// at least 1.
-  [[nodiscard]] std::pair<int, int> small_shape(int height, int width) const;
-  [[nodiscard]] int small_radius() const;
+  static constexpr double kMaxRadius = 256;
+  static constexpr double kMaxSubsample = 64;
+
+  /// The fitting grid for a photo and a model of input `size`: with s = max(H, W) / size and
+  /// cell = max(1, subsample * s) photo pixels, height = round(H / cell), width likewise (each
+  /// at least 1), radius = max(1, round(radius * s / cell)) cells; round half to even.
+  struct Grid {
+    int height = 1, width = 1, radius = 1;
+  };
+  [[nodiscard]] Grid grid(int height, int width, int size) const;
   /// Throws OptionError("refine", ...) naming the field out of range.
   void validate() const;
 };

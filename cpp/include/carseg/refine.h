@@ -9,7 +9,7 @@
 
 namespace carseg {
 
-/// One photo's refinement, fitted at 1/subsample of its size (docs/manifest.md, output.refine;
+/// One photo's refinement, fitted on a grid coarser than the photo (docs/manifest.md, output.refine;
 /// python/carseg/runtime/refine.py Fit): the guided filter's mean coefficients, with the
 /// filtered probability q = a . rgb + b for rgb in [0, 1], and the local mean colours of the car
 /// (fg) and of the background (bg) for colour decontamination. All float32 on the fit's device.
@@ -26,16 +26,18 @@ struct RefineFit {
   float softness = 0.5F;
 };
 
-/// The photo (uint8 [H, W, 3]) and the model's logits resized to spec.small_shape(H, W) (what
-/// Preprocessor::postprocess_logits gives for that size) -> the fit, on the photo's device.
+/// The photo (uint8 [H, W, 3]) and the model's logits resized to the fitting grid
+/// (spec.grid(H, W, size): what Preprocessor::postprocess_logits gives for that size) -> the
+/// fit, on the photo's device. `size` is the model's input size.
 [[nodiscard]] RefineFit fit_refinement(const torch::Tensor& image_hwc_u8,
                                        const torch::Tensor& logits_small, const RefineSpec& spec,
-                                       double threshold);
+                                       double threshold, int size);
 
 /// A photo's mask and soft alpha matte at its own size, and what made them.
 struct Matte {
   torch::Tensor mask;   // uint8 [H, W] in {0, 1}: q > threshold
-  torch::Tensor alpha;  // uint8 [H, W]: clamp((q - threshold) / softness + 0.5, 0, 1) * 255, rounded
+  torch::Tensor alpha;  // uint8 [H, W]: clamp((q - threshold) / softness + 0.5, 0, 1) * 255, rounded,
+                        // above 127 exactly where the mask is set
   std::shared_ptr<const RefineFit> fit;  // null when the mask was not refined (alpha = mask * 255)
 };
 

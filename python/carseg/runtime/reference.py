@@ -219,8 +219,9 @@ class ReferencePredictor:
                 for (t, was_numpy), lg, im in zip(tensors, logits, on_device, strict=True)]
 
     def _fit(self, image: torch.Tensor, lg: torch.Tensor, spec: RefineSpec) -> refine.Fit:
-        small = spec.small_shape(int(image.shape[0]), int(image.shape[1]))
-        return refine.fit(image, postprocess_logits(lg, small, self.spec), spec, self.threshold)
+        small, _ = spec.grid(int(image.shape[0]), int(image.shape[1]), self.spec.size)
+        return refine.fit(image, postprocess_logits(lg, small, self.spec), spec, self.threshold,
+                          self.spec.size)
 
     def _mask(self, image: torch.Tensor, lg: torch.Tensor) -> torch.Tensor:
         if self.refine is None:
@@ -264,7 +265,7 @@ class ReferencePredictor:
             alpha = mask * 255
         else:
             mask, a = refine.matte(im, self._fit(im, lg, self.refine))
-            alpha = refine.to_u8(a)
+            alpha = refine.alpha_u8(a, mask)
         return self._give_back(mask, was_numpy, dev), self._give_back(alpha, was_numpy, dev)
 
     def cutout(self, image: Any, backdrop: Any = (255, 255, 255)) -> tuple[Any, Any]:
@@ -291,7 +292,7 @@ class ReferencePredictor:
             back = None if backdrop is None else torch.as_tensor(
                 np.asarray(backdrop, dtype=np.uint8)).to(im.device)
             out = refine.composite_soft(im, a, f, back)
-        return mask, refine.to_u8(a), out
+        return mask, refine.alpha_u8(a, mask), out
 
     def render(self, image: Any, background: Any = "white", crop: int | None = None,
                refine: bool = True) -> dict[str, Any]:

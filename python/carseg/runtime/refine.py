@@ -64,8 +64,8 @@ def guided_coefficients(guide: torch.Tensor, p: torch.Tensor, r: int, eps: float
     return box(a, r), box(b, r)
 
 
-MAX_RADIUS = 4096
-MAX_SUBSAMPLE = 64
+MAX_RADIUS = 256.0  # model pixels
+MAX_SUBSAMPLE = 64.0
 
 
 @dataclass(frozen=True)
@@ -73,46 +73,49 @@ class RefineSpec:
     """manifest.json's output.refine: how a consumer turns the model's logits into the mask and
     the alpha matte at the photo's own size.
 
-    radius, eps: the guided filter's window (pixels of the photo) and regularization.
-    subsample: the coefficients are fitted at 1/subsample of the photo's size.
+    radius: the guided filter's window radius, in pixels of the model's input (so that the
+        window is the same share of the car whatever the photo's size: 4 model pixels are 60
+        photo pixels at 1918x1280 for a 128 px model, 15 at 240x160 for a 64 px one).
+    eps: the filter's regularization.
+    subsample: the size of a cell of the grid the coefficients are fitted on, in model pixels
+        (0.5: the grid is twice the model's input size), never finer than the photo.
     softness: the width of the matte's soft edge, as a share of the filter's own: alpha is
         clamp((q - threshold) / softness + 0.5, 0, 1) for the filtered probability q, so 1 is
         the filter's matte and smaller values give a harder edge. The mask is q > threshold
         whatever the softness.
     """
 
-    radius: int = 64
+    radius: float = 4.0
     eps: float = 1e-4
-    subsample: int = 8
+    subsample: float = 0.5
     softness: float = 0.5
     method: str = "guided"
 
     def __post_init__(self) -> None:
         if self.method != "guided":
             raise ValueError(f"refine.method: expected guided, got {str(self.method)[:40]!r}")
-        for name, most in (("radius", MAX_RADIUS), ("subsample", MAX_SUBSAMPLE)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
-                raise ValueError(f"refine.{name}: expected an integer in [1, {most}], got "
-                                 f"{str(v)[:40]}")
-        for name, lo, hi in (("eps", 0.0, 1.0), ("softness", 0.0, 1.0)):
+        for name, lo, hi in (("radius", 0.0, MAX_RADIUS), ("subsample", 0.0, MAX_SUBSAMPLE),
+                             ("eps", 0.0, 1.0), ("softness", 0.0, 1.0)):
             v = getattr(self, name)
             if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                     or not lo < v <= hi):
                 raise ValueError(f"refine.{name}: expected a number in ({lo:g}, {hi:g}], got "
                                  f"{str(v)[:40]}")
 
-    def small_shape(self, h: int, w: int) -> tuple[int, int]:
-        """Where the coefficients are fitted: the photo's size / subsample, rounded half to
-        even, at least 1."""
-        return max(1, round(h / self.subsample)), max(1, round(w / self.subsample))
-
-    def small_radius(self) -> int:
-        return max(1, round(self.radius / self.subsample))
+    def grid(self, h: int, w: int, size: int) -> tuple[tuple[int, int], int]:
+        """For a photo h x w and a model of input `size`: the fitting grid's (height, width)
+        and the filter's radius in grid cells. With s = max(h, w) / size photo pixels a model
+        pixel and cell = max(1, subsample * s) photo pixels a cell: (round(h / cell),
+        round(w / cell)), each at least 1, and max(1, round(radius * s / cell)) (round half to
+        even)."""
+        s = max(h, w) / size
+        cell = max(1.0, self.subsample * s)
+        return ((max(1, round(h / cell)), max(1, round(w / cell))),
+                max(1, round(self.radius * s / cell)))
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "radius": self.radius, "eps": float(self.eps),
-                "subsample": self.subsample, "softness": float(self.softness)}
+        return {"method": self.method, "radius": float(self.radius), "eps": float(self.eps),
+                "subsample": float(self.subsample), "softness": float(self.softness)}
 
     @classmethod
     def from_json(cls, d: Any, where: str = "output.refine") -> RefineSpec:
@@ -159,23 +162,29 @@ def small_guide(rgb: torch.Tensor, small_hw: tuple[int, int]) -> torch.Tensor:
     return F.adaptive_avg_pool2d(full[None], small_hw)[0]
 
 
-def fit(rgb: torch.Tensor, logits_small: torch.Tensor, spec: RefineSpec,
-        threshold: float) -> Fit:
-    """The photo (uint8 [H,W,3]) and the model's logits resized to spec.small_shape(H, W) ->
-    the fit. `logits_small` is what postprocess_logits gives for that size."""
+def fit(rgb: torch.Tensor, logits_small: torch.Tensor, spec: RefineSpec, threshold: float,
+        size: int) -> Fit:
+    """The photo (uint8 [H,W,3]) and the model's logits resized to the fitting grid
+    (spec.grid(H, W, size)[0]: what postprocess_logits gives for that size) -> the fit.
+    `size` is the model's input size."""
     if rgb.dtype != torch.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"rgb: expected uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
-    hw = spec.small_shape(int(rgb.shape[0]), int(rgb.shape[1]))
-    if tuple(logits_small.shape) != hw:
-        raise ValueError(f"logits: expected {list(hw)} (the photo's size / subsample), got "
+    hw, r = spec.grid(int(rgb.shape[0]), int(rgb.shape[1]), size)
+    return fit_grid(rgb, logits_small, hw, r, spec.eps, threshold, spec.softness)
+
+
+def fit_grid(rgb: torch.Tensor, logits_small: torch.Tensor, hw: tuple[int, int], r: int,
+             eps: float, threshold: float, softness: float) -> Fit:
+    """fit() on a given grid `hw` with radius `r` cells."""
+    if tuple(logits_small.shape) != tuple(hw):
+        raise ValueError(f"logits: expected {list(hw)} (the fitting grid), got "
                          f"{list(logits_small.shape)}")
     guide = small_guide(rgb, hw)
-    r = spec.small_radius()
-    a, b = guided_coefficients(guide, torch.sigmoid(logits_small.float()), r, spec.eps)
-    alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness)
+    a, b = guided_coefficients(guide, torch.sigmoid(logits_small.float()), r, eps)
+    alpha = soft_alpha((a * guide).sum(0) + b, threshold, softness)
     fg = box(guide * alpha, r) / box(alpha, r).clamp_(min=1e-6)
     bg = box(guide * (1 - alpha), r) / box(1 - alpha, r).clamp_(min=1e-6)
-    return Fit(a, b, fg.clamp_(0, 1), bg.clamp_(0, 1), float(threshold), spec.softness)
+    return Fit(a, b, fg.clamp_(0, 1), bg.clamp_(0, 1), float(threshold), softness)
 
 
 def _upsample(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -197,6 +206,13 @@ def matte(rgb: torch.Tensor, f: Fit) -> tuple[torch.Tensor, torch.Tensor]:
     """(mask uint8 [H,W] in {0,1}: q > threshold, alpha float32 [H,W] in [0,1])."""
     q = filtered(rgb, f)
     return (q > f.threshold).to(torch.uint8), soft_alpha(q, f.threshold, f.softness)
+
+
+def alpha_u8(alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The matte as stored: to_u8(alpha), kept above 127 exactly where the mask is set (a
+    value within float rounding of the threshold would otherwise round to the other side)."""
+    a = to_u8(alpha)
+    return torch.where(mask.bool(), a.clamp(min=128), a.clamp(max=127))
 
 
 def to_u8(x: torch.Tensor) -> torch.Tensor:
@@ -239,11 +255,18 @@ def composite_soft(rgb: torch.Tensor, alpha: torch.Tensor, f: Fit,
 def refine(rgb: torch.Tensor, logits: torch.Tensor, *, radius: int = 64, eps: float = 1e-4,
            subsample: int = 8, threshold: float = 0.5) -> torch.Tensor:
     """uint8 photo [H,W,3] and the model's logits over it at any size [h,w] -> the filtered
-    probability [H,W] clamped to [0,1] (float32): the study's entry point. The logits are
-    resized (bilinear) to the fitting size."""
-    spec = RefineSpec(radius, eps, subsample)
-    hw = spec.small_shape(int(rgb.shape[0]), int(rgb.shape[1]))
+    probability [H,W] clamped to [0,1] (float32), with `radius` and `subsample` in pixels of
+    the photo: the study's entry point (benchmarks/refine_study.py). The logits are resized
+    (bilinear) to the fitting grid."""
+    if rgb.dtype != torch.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"rgb: expected uint8 [H, W, 3], got {rgb.dtype} {list(rgb.shape)}")
     if logits.ndim != 2:
         raise ValueError(f"logits: expected [h, w], got {list(logits.shape)}")
+    if radius < 1 or subsample < 1 or not eps > 0:
+        raise ValueError(f"radius and subsample must be >= 1 and eps > 0, got {radius}, "
+                         f"{subsample}, {eps}")
+    h, w = int(rgb.shape[0]), int(rgb.shape[1])
+    hw = (max(1, round(h / subsample)), max(1, round(w / subsample)))
     small = _upsample(logits.float()[None], hw)[0] if tuple(logits.shape) != hw else logits
-    return filtered(rgb, fit(rgb, small, spec, threshold)).clamp_(0, 1)
+    f = fit_grid(rgb, small, hw, max(1, round(radius / subsample)), eps, threshold, 1.0)
+    return filtered(rgb, f).clamp_(0, 1)
