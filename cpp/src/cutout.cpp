@@ -220,22 +220,39 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
   const int ch = backdrop.channels();
   const auto back = backdrop.pixels(photo.width, photo.height);
   const std::uint8_t* colour = backdrop.colour().data();
+  auto u8 = [](float v) {
+    const float s = v * 255.0F + 0.5F;
+    return s <= 0 ? std::uint8_t{0} : s >= 255 ? std::uint8_t{255} : static_cast<std::uint8_t>(s);
+  };
   std::uint8_t* out = dst;
   for (int y = rect.y0; y < rect.y1; ++y) {
     const std::size_t row = static_cast<std::size_t>(y) * photo.width;
-    for (int x = rect.x0; x < rect.x1; ++x, out += ch) {
-      const std::size_t i = row + x;
-      const std::uint8_t a = alpha[i];
-      const std::uint8_t* px = photo.pixels.data() + 3 * i;
-      const std::uint8_t* bk = back ? back->data() + 3 * i : colour;
-      if (a == 255 || (a == 0 && ch == 4)) {
-        const std::uint8_t r = px[0], g = px[1], b = px[2];
-        out[0] = r, out[1] = g, out[2] = b;
-        if (ch == 4) out[3] = a;
-        continue;
-      }
-      if (a == 0) {
-        out[0] = bk[0], out[1] = bk[1], out[2] = bk[2];
+    const std::uint8_t* a_row = alpha + row;
+    // Runs of car (255) and of background (0) are copied or filled whole; only the soft edge
+    // between them is blended pixel by pixel.
+    for (int x = rect.x0; x < rect.x1;) {
+      const std::uint8_t a = a_row[x];
+      const std::uint8_t* px = photo.pixels.data() + 3 * (row + x);
+      if (a == 255 || a == 0) {
+        int end = x + 1;
+        while (end < rect.x1 && a_row[end] == a) ++end;
+        const std::size_t n = static_cast<std::size_t>(end - x);
+        if (ch == 4) {
+          for (std::size_t k = 0; k < n; ++k) {
+            out[4 * k] = px[3 * k], out[4 * k + 1] = px[3 * k + 1], out[4 * k + 2] = px[3 * k + 2];
+            out[4 * k + 3] = a;
+          }
+        } else if (a == 255) {
+          if (out != px) std::memmove(out, px, 3 * n);
+        } else if (back) {
+          std::memcpy(out, back->data() + 3 * (row + x), 3 * n);
+        } else {
+          for (std::size_t k = 0; k < n; ++k) {
+            out[3 * k] = colour[0], out[3 * k + 1] = colour[1], out[3 * k + 2] = colour[2];
+          }
+        }
+        out += n * ch;
+        x = end;
         continue;
       }
       float f[3];
@@ -244,16 +261,15 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
       } else {
         for (int c = 0; c < 3; ++c) f[c] = static_cast<float>(px[c]) / 255.0F;
       }
-      auto u8 = [](float v) {
-        const float s = v * 255.0F + 0.5F;
-        return s <= 0 ? std::uint8_t{0} : s >= 255 ? std::uint8_t{255} : static_cast<std::uint8_t>(s);
-      };
       if (ch == 4) {
         out[0] = u8(f[0]), out[1] = u8(f[1]), out[2] = u8(f[2]), out[3] = a;
-        continue;
+      } else {
+        const std::uint8_t* bk = back ? back->data() + 3 * (row + x) : colour;
+        const float al = static_cast<float>(a) / 255.0F;
+        for (int c = 0; c < 3; ++c) out[c] = u8(al * f[c] + (1 - al) * (static_cast<float>(bk[c]) / 255.0F));
       }
-      const float al = static_cast<float>(a) / 255.0F;
-      for (int c = 0; c < 3; ++c) out[c] = u8(al * f[c] + (1 - al) * (static_cast<float>(bk[c]) / 255.0F));
+      out += ch;
+      ++x;
     }
   }
 }

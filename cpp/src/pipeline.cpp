@@ -45,6 +45,7 @@ struct Item {
   std::size_t index = 0;
   Image image;
   Matte matte;
+  torch::Tensor logits;  // the model's, when the matte is made on an encode thread (CPU)
   std::int64_t reserved = 0;
 };
 
@@ -231,6 +232,12 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
       Item& item = items[0];
       const std::size_t i = item.index;
       try {
+        if (item.logits.defined()) {  // refinement and resizing here, beside the next forward pass
+          const torch::Tensor photo = torch::from_blob(item.image.pixels.data(),
+                                                       {item.image.height, item.image.width, 3}, torch::kUInt8);
+          item.matte = predictor_.matte_from_logits(item.logits, photo);
+          item.logits = torch::Tensor();
+        }
         const torch::Tensor mask = item.matte.mask.contiguous();
         const torch::Tensor alpha = item.matte.alpha.contiguous();
         const auto* m = mask.data_ptr<std::uint8_t>();
@@ -302,9 +309,21 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
                                         torch::kUInt8));
     }
     try {
-      std::vector<Matte> mattes = predictor_.predict_mattes(images);
+      // On the CPU the matte (resize, refinement) is made on the encode threads, so that it
+      // overlaps the next batch's forward pass; on CUDA it is made here, on the device.
+      std::vector<Matte> mattes;
+      std::vector<torch::Tensor> logits;
+      if (predictor_.device().is_cpu()) {
+        logits = predictor_.predict_model_logits(images);
+      } else {
+        mattes = predictor_.predict_mattes(images);
+      }
       for (std::size_t k = 0; k < items.size(); ++k) {
-        items[k].matte = std::move(mattes[k]);
+        if (logits.empty()) {
+          items[k].matte = std::move(mattes[k]);
+        } else {
+          items[k].logits = std::move(logits[k]);
+        }
         inferred.push(std::move(items[k]));
       }
     } catch (const std::exception& e) {

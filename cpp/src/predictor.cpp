@@ -241,6 +241,17 @@ std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& i
   });
 }
 
+std::vector<torch::Tensor> Predictor::predict_model_logits(const std::vector<torch::Tensor>& images) const {
+  return impl_->run_each<torch::Tensor>(
+      images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor&) { return logits.clone(); });
+}
+
+Matte Predictor::matte_from_logits(const torch::Tensor& logits, const torch::Tensor& image, bool refine) const {
+  c10::InferenceMode guard;
+  check_image(image);
+  return impl_->matte(logits, image, refine);
+}
+
 std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Tensor>& images) const {
   return impl_->run_each<torch::Tensor>(
       images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {

@@ -16,8 +16,43 @@ namespace carseg {
 namespace {
 
 // Mean over the (2r+1)^2 window of [..., H, W], clipped at the border, by running sums in float64
-// (refine.box in Python, op for op).
+// (refine.box in Python): along the rows, then down the columns, each as prefix sums
+// (c[hi] - c[lo]) / count. On the CPU by plain loops (torch's ops cost more in dispatch than
+// in arithmetic at these grid sizes), elsewhere by torch ops; both as the reference.
 torch::Tensor box(const torch::Tensor& x, int r) {
+  const int64_t H = x.size(-2), W = x.size(-1);
+  if (x.device().is_cpu() && x.scalar_type() == torch::kFloat32) {
+    const torch::Tensor in = x.contiguous();
+    torch::Tensor out = torch::empty_like(in);
+    const float* src = in.data_ptr<float>();
+    float* dst = out.data_ptr<float>();
+    const int64_t planes = in.numel() / std::max<int64_t>(1, H * W);
+    std::vector<double> rows(static_cast<std::size_t>(H * W)), c(static_cast<std::size_t>(std::max(H, W) + 1));
+    for (int64_t k = 0; k < planes; ++k) {
+      const float* p = src + k * H * W;
+      for (int64_t y = 0; y < H; ++y) {
+        c[0] = 0;
+        for (int64_t i = 0; i < W; ++i) c[static_cast<std::size_t>(i + 1)] = c[static_cast<std::size_t>(i)] + p[y * W + i];
+        for (int64_t i = 0; i < W; ++i) {
+          const int64_t hi = std::min(i + r + 1, W), lo = std::max<int64_t>(i - r, 0);
+          rows[static_cast<std::size_t>(y * W + i)] =
+              (c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) / static_cast<double>(hi - lo);
+        }
+      }
+      float* q = dst + k * H * W;
+      for (int64_t xcol = 0; xcol < W; ++xcol) {
+        c[0] = 0;
+        for (int64_t i = 0; i < H; ++i)
+          c[static_cast<std::size_t>(i + 1)] = c[static_cast<std::size_t>(i)] + rows[static_cast<std::size_t>(i * W + xcol)];
+        for (int64_t i = 0; i < H; ++i) {
+          const int64_t hi = std::min(i + r + 1, H), lo = std::max<int64_t>(i - r, 0);
+          q[i * W + xcol] = static_cast<float>((c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) /
+                                               static_cast<double>(hi - lo));
+        }
+      }
+    }
+    return out;
+  }
   auto along = [&](const torch::Tensor& t, int64_t dim) {
     const int64_t n = t.size(dim);
     torch::Tensor c = torch::cumsum(t, dim, torch::kFloat64);
@@ -32,18 +67,27 @@ torch::Tensor box(const torch::Tensor& x, int r) {
   return along(along(x, x.dim() - 1), x.dim() - 2).to(x.scalar_type());
 }
 
-// The guided filter's mean coefficients (refine.guided_coefficients): a [3, h, w], b [h, w].
+// The guided filter's mean coefficients (refine.guided_coefficients, op for op: the window
+// means in two box() calls over stacked channels): a [3, h, w], b [h, w].
 std::pair<torch::Tensor, torch::Tensor> guided_coefficients(const torch::Tensor& guide,
                                                             const torch::Tensor& p, int r, double eps) {
-  const torch::Tensor mi = box(guide, r), mp = box(p, r);
-  const torch::Tensor cov = box(guide * p, r) - mi * mp;
-  torch::Tensor sigma = box(guide.unsqueeze(1) * guide.unsqueeze(0), r) - mi.unsqueeze(1) * mi.unsqueeze(0);
+  const auto opts = torch::TensorOptions().dtype(torch::kLong).device(guide.device());
+  const torch::Tensor i = torch::tensor({0, 0, 0, 1, 1, 2}, opts), j = torch::tensor({0, 1, 2, 1, 2, 2}, opts);
+  const torch::Tensor stats =
+      box(torch::cat({guide, p.unsqueeze(0), guide * p, guide.index_select(0, i) * guide.index_select(0, j)}), r);
+  const torch::Tensor mi = stats.narrow(0, 0, 3), mp = stats.select(0, 3), mip = stats.narrow(0, 4, 3),
+                      mii = stats.narrow(0, 7, 6);
+  const torch::Tensor cov = mip - mi * mp;
+  const torch::Tensor var = mii - mi.index_select(0, i) * mi.index_select(0, j);
+  const torch::Tensor order = torch::tensor({0, 1, 2, 1, 3, 4, 2, 4, 5}, opts);
+  torch::Tensor sigma = var.index_select(0, order).reshape({3, 3, p.size(0), p.size(1)});
   sigma = sigma + eps * torch::eye(3, guide.options()).unsqueeze(-1).unsqueeze(-1);
   torch::Tensor a = at::linalg_solve(sigma.permute({2, 3, 0, 1}), cov.permute({1, 2, 0}).unsqueeze(-1))
                         .select(-1, 0)
                         .permute({2, 0, 1});
   const torch::Tensor b = mp - (a * mi).sum(0);
-  return {box(a, r), box(b, r)};
+  const torch::Tensor ab = box(torch::cat({a, b.unsqueeze(0)}), r);
+  return {ab.narrow(0, 0, 3), ab.select(0, 3)};
 }
 
 torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softness) {
@@ -251,8 +295,10 @@ RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits
   const int r = g.radius;
   auto [a, b] = guided_coefficients(guide, torch::sigmoid(logits_small.to(torch::kFloat32)), r, spec.eps);
   const torch::Tensor alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness);
-  f.fg = (box(guide * alpha, r) / box(alpha, r).clamp_min_(1e-6)).clamp_(0, 1).contiguous();
-  f.bg = (box(guide * (1 - alpha), r) / box(1 - alpha, r).clamp_min_(1e-6)).clamp_(0, 1).contiguous();
+  const torch::Tensor means =
+      box(torch::cat({guide * alpha, alpha.unsqueeze(0), guide * (1 - alpha), (1 - alpha).unsqueeze(0)}), r);
+  f.fg = (means.narrow(0, 0, 3) / means.select(0, 3).clamp_min(1e-6)).clamp_(0, 1).contiguous();
+  f.bg = (means.narrow(0, 4, 3) / means.select(0, 7).clamp_min(1e-6)).clamp_(0, 1).contiguous();
   f.a = a.contiguous();
   f.b = b.contiguous();
   f.threshold = static_cast<float>(threshold);

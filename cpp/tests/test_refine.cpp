@@ -210,8 +210,8 @@ TEST(Refine, BadBackdropsAndSpecsAreNamed) {
   // The grid follows the photo's size: the same 4 model pixels at any size.
   const carseg::RefineSpec d;
   const auto big = d.grid(1280, 1918, 128), small = d.grid(160, 240, 64), tiny = d.grid(40, 60, 64);
-  EXPECT_EQ(std::make_tuple(big.height, big.width, big.radius), std::make_tuple(171, 256, 8));
-  EXPECT_EQ(std::make_tuple(small.height, small.width, small.radius), std::make_tuple(85, 128, 8));
+  EXPECT_EQ(std::make_tuple(big.height, big.width, big.radius), std::make_tuple(85, 128, 4));
+  EXPECT_EQ(std::make_tuple(small.height, small.width, small.radius), std::make_tuple(43, 64, 4));
   EXPECT_EQ(std::make_tuple(tiny.height, tiny.width, tiny.radius), std::make_tuple(40, 60, 4));
 }
 

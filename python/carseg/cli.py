@@ -146,7 +146,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
     refine = getattr(predictor, "refine", None)
     log.info("carseg cutout: %s on %s, refinement %s", args.backend,
              getattr(predictor, "device", args.device),
-             "off" if not refine else f"radius {_field(refine, 'radius')} px")
+             "off" if not refine else f"on (radius {_field(refine, 'radius')} model px)")
     if streaming:
         from carseg.io.images import MAX_FILE_BYTES
 

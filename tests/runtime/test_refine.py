@@ -115,7 +115,8 @@ def test_bad_specs_are_named(kwargs: dict, message: str) -> None:
 def test_the_grid_scales_with_the_photo_not_in_pixels() -> None:
     """The window is the same share of the photo at any size: 4 model pixels."""
     spec = RefineSpec()
-    assert spec.grid(1280, 1918, 128) == ((171, 256), 8)  # 60 px radius, 7.5 px cells
-    assert spec.grid(160, 240, 64) == ((85, 128), 8)      # 15 px radius, 1.9 px cells
-    assert spec.grid(40, 60, 64) == ((40, 60), 4)         # finer than the photo: 1 px cells
+    assert spec.grid(1280, 1918, 128) == ((85, 128), 4)  # 60 px radius, 15 px cells
+    assert spec.grid(160, 240, 64) == ((43, 64), 4)      # 15 px radius, 3.75 px cells
+    assert spec.grid(40, 60, 64) == ((40, 60), 4)        # finer than the photo: 1 px cells
+    assert RefineSpec(subsample=0.5).grid(1280, 1918, 128) == ((171, 256), 8)
     assert RefineSpec.from_json(spec.to_json()) == spec

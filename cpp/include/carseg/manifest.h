@@ -30,7 +30,7 @@ struct PreprocessSpec {
 struct RefineSpec {
   double radius = 4.0;     // window radius, in pixels of the model's input
   double eps = 1e-4;       // regularization
-  double subsample = 0.5;  // a fitting cell, in pixels of the model's input (never under 1 photo px)
+  double subsample = 1.0;  // a fitting cell, in pixels of the model's input (never under 1 photo px)
   double softness = 0.5;   // soft edge: alpha = clamp((q - threshold) / softness + 0.5, 0, 1)
 
   static constexpr double kMaxRadius = 256;

@@ -89,6 +89,14 @@ class Predictor {
   /// call (a front end's per-request switch).
   [[nodiscard]] std::vector<Matte> predict_mattes(const std::vector<torch::Tensor>& images,
                                                   bool refine = true) const;
+  /// The two halves of predict_mattes, for a caller that spreads the second over threads (the
+  /// folder pipeline): the model's logits [1, S, S] per image (on the predictor's device), and
+  /// one image's matte from its logits. matte_from_logits needs no lock: any number of threads
+  /// may run it at once, beside another call's forward pass.
+  [[nodiscard]] std::vector<torch::Tensor> predict_model_logits(
+      const std::vector<torch::Tensor>& images) const;
+  [[nodiscard]] Matte matte_from_logits(const torch::Tensor& logits, const torch::Tensor& image_hwc_u8,
+                                        bool refine = true) const;
   /// The cutout (composite_matte, cutout.h): uint8 [H, W, 3] on white or [H, W, 4] RGBA, on the CPU.
   [[nodiscard]] torch::Tensor cutout(const torch::Tensor& image_hwc_u8,
                                      Background background) const;
