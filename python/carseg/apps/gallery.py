@@ -72,13 +72,18 @@ def describe_dice(rows: list[Row]) -> str:
 
 
 def edge_crop(rgb: np.ndarray, plain: np.ndarray, alpha: np.ndarray, size: int = 64,
-              zoom: int = 3) -> np.ndarray:
+              zoom: int = 3, truth: np.ndarray | None = None) -> np.ndarray:
     """Side by side, `zoom`x: the photo, its white cutout from the unrefined mask `plain`, and
     the soft cutout from the refined matte `alpha` (0..255), around the `size` px square of the
-    car's edge where the two masks differ most."""
+    car's edge where the two masks differ most (given the true mask: where the refinement put
+    most pixels right that the plain mask had wrong)."""
     h, w = plain.shape
     size = min(size, h, w)
-    diff = (plain.astype(bool) != (alpha > 127)).astype(np.float64)
+    refined = alpha > 127
+    if truth is None:
+        diff = (plain.astype(bool) != refined).astype(np.float64)
+    else:
+        diff = ((plain.astype(bool) != truth) & (refined == truth)).astype(np.float64)
     c = np.pad(diff.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     sums = c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
     y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)

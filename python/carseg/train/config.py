@@ -23,7 +23,7 @@ from carseg.io.files import write_atomic
 
 RESOLVED_NAME = "config.resolved.yml"
 TOP_LEVEL = {"shared", "runner", "run"}
-SHARED_KEYS = {"image_size", "mean", "std", "threshold"}
+SHARED_KEYS = {"image_size", "mean", "std", "threshold", "refine"}
 PATH_KEYS = {"csv_path"}
 
 
