@@ -56,6 +56,8 @@ class Predictor:
         *,
         exact: bool = True,
         onednn_fusion: bool = False,
+        refine: bool = True,
+        softness: float | None = None,
     ) -> None:
         """Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
@@ -64,8 +66,9 @@ class Predictor:
         (CUDA only). exact=False (CPU): fused pre/post-processing kernels, faster; masks may
         differ from the op-for-op reference where a logit is within float rounding of the
         threshold. onednn_fusion=True (CPU, TorchScript): oneDNN Graph fusion, faster at batch
-        1; process-wide, it stays on for every TorchScript module in the process. Raises
-        CarsegError.
+        1; process-wide, it stays on for every TorchScript module in the process. refine=False:
+        the model's mask resized, without the manifest's output.refine; softness overrides the
+        refinement's soft-edge width. Raises CarsegError.
         """
     def predict(self, image: _Image) -> _Image:
         """uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}."""
@@ -78,11 +81,22 @@ class Predictor:
     def predict_batch(self, images: Sequence[_U8 | torch.Tensor]) -> list[Any]:
         """Images of any sizes, run as one batch -> one mask each, at its image's size (numpy
         for a numpy image, a CPU tensor for a tensor)."""
-    def cutout(self, image: _Image, background: Literal["white", "transparent"] = "white"
+    def predict_matte(self, image: _Image) -> tuple[_Image, _Image]:
+        """uint8 [H, W, 3] RGB -> (mask uint8 [H, W] in {0, 1}, alpha uint8 [H, W] 0..255, above
+        127 exactly where the mask is set)."""
+    def cutout(self, image: _Image, background: str = "white", *, crop: int | None = None
                ) -> _Image:
-        """The photo with its background removed, at the photo's size: "white" gives uint8
-        [H, W, 3] with background pixels 255; "transparent" gives uint8 [H, W, 4] RGBA, alpha 255
-        on the car and 0 elsewhere."""
+        """The photo with its background removed: background "white", "#RRGGBB" or an image
+        file's path gives uint8 [H, W, 3] (the car over it, its edge soft and decontaminated);
+        "transparent" gives uint8 [H, W, 4] RGBA with the alpha matte. crop=MARGIN: the car's
+        box grown by MARGIN pixels."""
+    def render(self, image: _Image, background: str | None = "white", *,
+               crop: int | None = None, refine: bool = True) -> dict[str, Any]:
+        """{"mask", "alpha", "cutout" (None without a background)} as numpy arrays, from one
+        forward pass; refine=False: this call without the refinement."""
+    @property
+    def refine(self) -> dict[str, Any] | None:
+        """The refinement applied (output.refine, with any softness override), or None."""
     @property
     def input_size(self) -> int:
         """Side of the square the model sees (pixels)."""
@@ -119,6 +133,7 @@ class PhotoResult(TypedDict):
     height: int
     mask: str | None
     cutout: str | None
+    matte: str | None  # NAME_alpha.png, with matte=True
     foreground: float  # share of the photo's pixels that are car
 
 class PipelineReport(TypedDict):
@@ -143,13 +158,17 @@ class Pipeline:
         *,
         batch: int = 8,
         workers: int = 2,
-        cutout: Literal["white", "transparent"] | None = "white",
+        cutout: str | None = "white",
         jpeg_quality: int = 95,
         overwrite: bool = False,
         max_bytes_in_flight: int = 1 << 30,
         progress: Callable[[int, int, int, bool], object] | None = None,
+        matte: bool = False,
+        crop: int | None = None,
     ) -> None:
-        """progress(done, total, failed, last) is called after each batch and at the end.
+        """cutout: white, transparent, #RRGGBB, an image file's path, or None (masks only);
+        matte: also NAME_alpha.png; crop=MARGIN: cutouts cropped to the car's box grown by
+        MARGIN. progress(done, total, failed, last) is called after each batch and at the end.
         Raises CarsegError for a bad option ("batch: expected at least 1, got 0")."""
     def run(self, photos: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
             ) -> PipelineReport:
