@@ -70,9 +70,6 @@ class Outputs:
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality: expected 1 to 100, got {self.quality}")
 
-    def files(self, photo: Path, output: Path) -> list[Path]:
-        return outputs_for(photo, output, self.background or "none", self.matte)
-
 
 def encode_outputs(r: dict[str, Any], outputs: Outputs) -> dict[str, bytes]:
     """A predictor's render() result as files' bytes, by kind: mask, cutout, alpha."""

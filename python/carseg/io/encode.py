@@ -47,30 +47,26 @@ class Backdrop:
     (resized to each photo), or nothing (transparent)."""
 
     def __init__(self, colour: tuple[int, int, int] | None = (255, 255, 255),
-                 image: np.ndarray | None = None, name: str = "white") -> None:
-        self.colour, self.image, self.name = colour, image, name
+                 image: np.ndarray | None = None) -> None:
+        self.colour, self.image = colour, image
         self._sized: dict[tuple[int, int], np.ndarray] = {}
 
     @property
     def transparent(self) -> bool:
         return self.colour is None and self.image is None
 
-    @property
-    def suffix(self) -> str:
-        return ".png" if self.transparent else ".jpg"
-
     @classmethod
     def parse(cls, value: str, field: str = "background") -> Backdrop:
         if value == "white":
             return cls()
         if value == "transparent":
-            return cls(None, None, "transparent")
+            return cls(None, None)
         if value.startswith("#"):
             if len(value) != 7 or any(c not in "0123456789abcdefABCDEF" for c in value[1:]):
                 raise ValueError(f"{field}: expected a colour as #RRGGBB (six hex digits), got "
                                  f"{value[:40]!r}")
             rgb = tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
-            return cls(rgb, None, value.lower())  # type: ignore[arg-type]
+            return cls(rgb, None)  # type: ignore[arg-type]
         from pathlib import Path
 
         from carseg.io.images import read_rgb
@@ -82,7 +78,7 @@ class Backdrop:
             image = read_rgb(value)
         except (OSError, ValueError) as e:
             raise ValueError(f"{field}: cannot use it as a backdrop image: {e}") from None
-        return cls(None, image, f"image {value} ({image.shape[1]}x{image.shape[0]})")
+        return cls(None, image)
 
     def pixels(self, h: int, w: int) -> np.ndarray | None:
         """The backdrop as uint8 [h, w, 3] (an image resized bilinearly, align_corners false,

@@ -223,10 +223,14 @@ class ReferencePredictor:
         return refine.fit(image, postprocess_logits(lg, small, self.spec), spec, self.threshold,
                           self.spec.size)
 
+    def _plain_mask(self, image: torch.Tensor, lg: torch.Tensor) -> torch.Tensor:
+        """The model's mask at the photo's size, without refinement."""
+        hw = (int(image.shape[0]), int(image.shape[1]))
+        return mask_from_logits(postprocess_logits(lg, hw, self.spec), self.threshold)
+
     def _mask(self, image: torch.Tensor, lg: torch.Tensor) -> torch.Tensor:
         if self.refine is None:
-            hw = (int(image.shape[0]), int(image.shape[1]))
-            return mask_from_logits(postprocess_logits(lg, hw, self.spec), self.threshold)
+            return self._plain_mask(image, lg)
         return refine.matte(image, self._fit(image, lg, self.refine))[0]
 
     @staticmethod
@@ -260,12 +264,7 @@ class ReferencePredictor:
         """uint8 [H,W,3] RGB -> (mask uint8 [H,W] in {0,1}, alpha uint8 [H,W] in 0..255). The
         alpha matte is the refinement's soft edge; without refinement it is the mask * 255."""
         im, lg, was_numpy, dev = self._forward([image])[0]
-        if self.refine is None:
-            mask = self._mask(im, lg)
-            alpha = mask * 255
-        else:
-            mask, a = refine.matte(im, self._fit(im, lg, self.refine))
-            alpha = refine.alpha_u8(a, mask)
+        mask, alpha, _ = self._render(im, lg, None, False)
         return self._give_back(mask, was_numpy, dev), self._give_back(alpha, was_numpy, dev)
 
     def cutout(self, image: Any, backdrop: Any = (255, 255, 255)) -> tuple[Any, Any]:
@@ -280,8 +279,7 @@ class ReferencePredictor:
     def _render(self, im: torch.Tensor, lg: torch.Tensor, backdrop: Any, want_cutout: bool,
                 refined: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self.refine is None or not refined:
-            hw = (int(im.shape[0]), int(im.shape[1]))
-            mask = mask_from_logits(postprocess_logits(lg, hw, self.spec), self.threshold)
+            mask = self._plain_mask(im, lg)
             alpha = mask * 255
             out = hard_composite(im, mask, backdrop) if want_cutout else None
             return mask, alpha, out
@@ -304,6 +302,8 @@ class ReferencePredictor:
         refine=False: this call without the refinement."""
         from carseg.io.encode import Backdrop, crop_box
 
+        if crop is not None and crop < 0:
+            raise ValueError(f"crop: expected a margin >= 0 pixels, got {crop}")
         rgb, _ = self._as_tensor(image)
         im = rgb.to(self.device)
         h, w = int(im.shape[0]), int(im.shape[1])
@@ -316,8 +316,6 @@ class ReferencePredictor:
         if out is not None:
             cut = out.cpu().numpy()
             if crop is not None:
-                if crop < 0:
-                    raise ValueError(f"crop: expected a margin >= 0 pixels, got {crop}")
                 x0, y0, x1, y1 = crop_box(result["alpha"], crop)
                 cut = np.ascontiguousarray(cut[y0:y1, x0:x1])
             result["cutout"] = cut
