@@ -204,6 +204,29 @@ logits = cv2.resize(logits, (w, h), interpolation=cv2.INTER_LINEAR)  # to the ph
 mask = 1 / (1 + np.exp(-logits)) > m["output"]["threshold"]
 cv2.imwrite("car_mask.png", mask.astype(np.uint8) * 255)  # 0/255, the photo's size
 ```
+""" + (_REFINE_README.format(out=io[1]) if manifest["output"].get("refine") else "")
+
+
+_REFINE_README = """
+That is the model's own mask. carseg's runners refine it at the photo's full resolution, as
+the manifest's `output.refine` says (a colour guided filter of the probabilities: a crisper
+edge and a soft alpha matte; carseg's docs/manifest.md has the algorithm). With carseg
+installed beside the client, the same refinement of the logits above:
+
+```python
+import torch
+from carseg.runtime import refine
+
+spec = refine.RefineSpec.from_json(m["output"]["refine"])
+(gh, gw), _ = spec.grid(h, w, S)  # the grid the filter is fitted on
+small = res.as_numpy("{out}")[0, 0, :nh, :nw].astype(np.float32)
+small = cv2.resize(small, (gw, gh), interpolation=cv2.INTER_LINEAR)
+rgb = torch.from_numpy(photo)
+fit = refine.fit(rgb, torch.from_numpy(small), spec, m["output"]["threshold"], S)
+mask, alpha = refine.matte(rgb, fit)
+cv2.imwrite("car_mask.png", mask.numpy() * 255)  # the refined mask
+cv2.imwrite("car_alpha.png", refine.alpha_u8(alpha, mask).numpy())  # its soft matte
+```
 """
 
 

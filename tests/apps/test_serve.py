@@ -334,7 +334,7 @@ def test_the_page_cuts_out_a_dropped_photo_in_a_real_browser(server: Path, photo
                                                              tmp_path: Path) -> None:
     """Open /, choose a colour background, pick a photo, wait for its cutout, and read the
     cutout's pixels back out of the page: they are the reference's render() of that photo
-    (within JPEG's error), the backdrop colour where the matte is 0."""
+    (within JPEG's error), the backdrop colour away from where the matte is above 0."""
     import os
 
     from selenium.webdriver.common.by import By
@@ -357,7 +357,12 @@ def test_the_page_cuts_out_a_dropped_photo_in_a_real_browser(server: Path, photo
     ref = ReferencePredictor(server)
     want = ref.render(rgb, "#00ff00")
     assert np.abs(got[..., :3].astype(int) - want["cutout"].astype(int)).mean() < 3
-    far = want["alpha"] == 0  # (the tiny model takes most of the photo for car)
+    # 8 px or more from any pixel the matte touches (a JPEG block: ringing spreads the edge
+    # that far); the tiny model takes most of the photo for car, so there may be none
+    import torch
+    near = torch.nn.functional.max_pool2d(torch.from_numpy(want["alpha"] > 0).float()[None],
+                                          17, stride=1, padding=8)[0].numpy() > 0
+    far = ~near
     if far.any():
         assert np.abs(got[..., :3][far].astype(int) - [0, 255, 0]).mean() < 3
     status = browser.find_element(By.CSS_SELECTOR, ".result .status").text

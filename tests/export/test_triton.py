@@ -85,7 +85,8 @@ def test_refuses_unverified_and_tampered_artifacts(tiny_artifacts: Path, tmp_pat
 def test_the_readmes_client_snippet_follows_the_manifest(tiny_artifacts: Path, tiny_data: Path,
                                                          tmp_path: Path, monkeypatch) -> None:
     """The generated README's Python, run as written, with the Triton server stood in for by
-    onnxruntime on the repository's ONNX model: its mask is the reference predictor's."""
+    onnxruntime on the repository's ONNX model: its plain mask is the reference predictor's
+    without refinement, and its refined mask and matte are the reference's with it."""
     import re
     import types
 
@@ -99,7 +100,7 @@ def test_the_readmes_client_snippet_follows_the_manifest(tiny_artifacts: Path, t
 
     repo = tmp_path / "repo"
     assert main(["triton", "--artifacts", str(tiny_artifacts), "--out", str(repo)]) == 0
-    (snippet,) = re.findall(r"```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
+    plain, refined = re.findall(r"```python\n(.*?)```", (repo / "README.md").read_text(), re.S)
     session = ort.InferenceSession(str(repo / "carseg_onnx" / "1" / "model.onnx"))
 
     class Input:
@@ -128,10 +129,17 @@ def test_the_readmes_client_snippet_follows_the_manifest(tiny_artifacts: Path, t
     photo = sorted((tiny_data / "train").glob("*.jpg"))[0]
     shutil.copy(photo, repo / "car.jpg")
     monkeypatch.chdir(repo)
-    exec(compile(snippet, "README.md", "exec"), {})  # noqa: S102 - the README, as written
-    mask = np.asarray(Image.open(repo / "car_mask.png"))
-    assert set(np.unique(mask)) <= {0, 255}  # thresholded after the resize: no grey
-    want = ReferencePredictor(tiny_artifacts, backend="onnx").predict(read_rgb(photo)) > 0
-    got = mask > 0
-    assert got.shape == want.shape
-    assert (got & want).sum() / max(1, (got | want).sum()) >= 0.99
+    scope: dict = {}
+    rgb = read_rgb(photo)
+    for snippet, refine in ((plain, False), (refined, True)):
+        exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README, as written
+        mask = np.asarray(Image.open(repo / "car_mask.png"))
+        assert set(np.unique(mask)) <= {0, 255}  # thresholded after the resize: no grey
+        ref = ReferencePredictor(tiny_artifacts, backend="onnx", refine=refine)
+        want = ref.predict(rgb) > 0
+        got = mask > 0
+        assert got.shape == want.shape
+        assert (got & want).sum() / max(1, (got | want).sum()) >= 0.99, refine
+    alpha = np.asarray(Image.open(repo / "car_alpha.png"))
+    want = ReferencePredictor(tiny_artifacts, backend="onnx").predict_matte(rgb)[1]
+    assert np.abs(alpha.astype(int) - want.astype(int)).max() <= 1
