@@ -46,6 +46,7 @@ $(VENV)/.deps: requirements/base.txt requirements/build.txt requirements/test.tx
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(CPP_SOURCES)
+	@bash cmake/fetch-onnxruntime-headers.sh build/ort/include
 	@echo "== pip install --no-build-isolation -e . (builds the C++ core when present)"
 	@$(PIP) install -q --no-build-isolation -e . \
 	  --config-settings=cmake.define.CARSEG_BUILD_TESTS=ON 2>&1 | grep -v "^WARNING: Location" ; \

@@ -256,8 +256,8 @@ PYBIND11_MODULE(_native, m) {
            R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
 device "cpu", "cuda" or "cuda:N"; precision "fp32" or "fp16" (CUDA only); threshold in (0, 1)
-overrides the manifest's; backend "auto", "torchscript" or "aoti"; cuda_graphs: capture and
-replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
+overrides the manifest's; backend "auto", "torchscript", "aoti" or "onnx" (ONNX Runtime, CPU
+only); cuda_graphs: capture and replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
 kernels, faster, masks may differ from the op-for-op reference where a logit is within float
 rounding of the threshold. onednn_fusion=True (CPU, TorchScript): oneDNN Graph fusion, faster
 at batch 1; it is process-wide and stays on for every TorchScript module in the process.

@@ -51,6 +51,20 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
   const std::string want_precision = to_string(options.precision);
   const std::string device_type = device.is_cuda() ? "cuda" : "cpu";
 
+  if (options.backend == BackendKind::kOnnx) {
+    const std::string onnx = pick_artifact(manifest, "onnx", want_precision, "cpu");
+    if (onnx.empty()) {
+      throw Error(manifest.path().string(), "no ONNX artifact (format \"onnx\") to load");
+    }
+    const ArtifactEntry& a = manifest.artifact(onnx);
+    if (a.precision != "fp32") {
+      throw Error(manifest.artifact_path(onnx).string(),
+                  "the ONNX Runtime backend runs fp32 models; this one is " + a.precision);
+    }
+    return make_onnx_backend(manifest.read_verified_artifact(onnx), manifest.artifact_path(onnx),
+                             device);
+  }
+
   // AOTI first when asked for (or on auto when the manifest has a package for this device).
   const std::string aoti = pick_artifact(manifest, "aoti", want_precision, device_type);
   const bool aoti_fits = !aoti.empty() && manifest.artifact(aoti).device == device_type;

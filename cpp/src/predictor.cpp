@@ -49,7 +49,8 @@ BackendKind parse_backend(const std::string& s) {
   if (s == "auto") return BackendKind::kAuto;
   if (s == "torchscript") return BackendKind::kTorchScript;
   if (s == "aoti") return BackendKind::kAoti;
-  throw OptionError("backend", "expected auto, torchscript or aoti, got \"" + s + "\"");
+  if (s == "onnx") return BackendKind::kOnnx;
+  throw OptionError("backend", "expected auto, torchscript, aoti or onnx, got \"" + s + "\"");
 }
 
 std::string to_string(Precision precision) {

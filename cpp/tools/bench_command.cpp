@@ -22,7 +22,7 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
   --iters N            timed iterations per batch size (default 50)
   --warmup N           untimed iterations first (default 5)
   --no-graphs          CUDA: only eager (default: report with and without CUDA graphs)
-  --backend B          auto (default), torchscript or aoti
+  --backend B          auto (default), torchscript, aoti or onnx (ONNX Runtime, CPU)
   --threads N          torch intra-op threads
   --exact              CPU: op-for-op pre/post-processing (see infer --help)
   --onednn-fusion      CPU, TorchScript: oneDNN Graph fusion (see infer --help)

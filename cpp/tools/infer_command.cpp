@@ -34,7 +34,7 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --softness S         width of the matte's soft edge in (0, 1] (default: the manifest's)
   --workers N          decode/encode threads, each side (default 2)
   --report FILE.json   per-input results and errors as JSON
-  --backend B          auto (default), torchscript or aoti
+  --backend B          auto (default), torchscript, aoti or onnx (ONNX Runtime, CPU)
   --threads N          torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)
   --no-graphs          do not capture CUDA graphs
   --overwrite          replace outputs already in the output folder (default: a photo whose

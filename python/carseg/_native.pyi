@@ -51,7 +51,7 @@ class Predictor:
         device: str = "cpu",
         precision: Literal["fp32", "fp16"] = "fp32",
         threshold: float | None = None,
-        backend: Literal["auto", "torchscript", "aoti"] = "auto",
+        backend: Literal["auto", "torchscript", "aoti", "onnx"] = "auto",
         cuda_graphs: bool = True,
         *,
         exact: bool = True,

@@ -152,6 +152,82 @@ def test_masks_match_the_reference_predictor(predictor, tiny_artifacts: Path,
         np.testing.assert_allclose(proba, ref_proba, rtol=0, atol=1e-5)
 
 
+def _onnx_or_skip(tiny_artifacts: Path):
+    try:
+        return carseg.Predictor(tiny_artifacts, backend="onnx", refine=False)
+    except CarsegError as e:
+        if "built without ONNX Runtime's headers" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
+def test_onnx_backend_matches_onnxruntime_and_torchscript(tiny_artifacts: Path,
+                                                          photos: list[np.ndarray]) -> None:
+    """backend="onnx" (libcarseg's ONNX Runtime adapter over model.onnx): its probabilities are
+    those of the Python reference on onnxruntime (the same library, the same graph) within 1e-5,
+    its masks those of TorchScript (IoU >= 0.999), refined or not."""
+    from carseg.runtime.reference import ReferencePredictor
+
+    onnx = _onnx_or_skip(tiny_artifacts)
+    assert onnx.backend == "onnx"
+    ref = ReferencePredictor(tiny_artifacts, backend="onnx", refine=False)
+    ts = carseg.Predictor(tiny_artifacts, refine=False)
+    for im in photos:
+        proba = onnx.predict_proba(im)
+        ref_proba = torch.sigmoid(torch.from_numpy(ref.predict_logits(im))).numpy()
+        np.testing.assert_allclose(proba, ref_proba, rtol=0, atol=1e-5)
+        assert _iou(onnx.predict(im) > 0, ts.predict(im) > 0) >= 0.999
+    batch = onnx.predict_batch(photos)
+    assert len(batch) == len(photos)
+    for got, im in zip(batch, photos, strict=True):
+        assert np.array_equal(got, onnx.predict(im))
+    refined = carseg.Predictor(tiny_artifacts, backend="onnx")
+    mask, alpha = refined.predict_matte(photos[0])
+    ts_mask, ts_alpha = carseg.Predictor(tiny_artifacts).predict_matte(photos[0])
+    assert _iou(mask > 0, ts_mask > 0) >= 0.999
+    assert np.abs(alpha.astype(int) - ts_alpha.astype(int)).mean() < 0.5
+
+
+def test_onnx_backend_errors(tiny_artifacts: Path, tmp_path: Path) -> None:
+    """No model.onnx, a model.onnx ONNX Runtime cannot load (its manifest entry matching), CUDA,
+    and a library that is not there: each a CarsegError that names the file and the reason."""
+    import json
+
+    _onnx_or_skip(tiny_artifacts)
+    folder = tmp_path / "no_onnx"
+    shutil.copytree(tiny_artifacts, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    del m["artifacts"]["onnx"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CarsegError, match=r'no ONNX artifact \(format "onnx"\) to load'):
+        carseg.Predictor(folder, backend="onnx")
+
+    folder = tmp_path / "garbage"
+    shutil.copytree(tiny_artifacts, folder)
+    junk = b"not an onnx model" * 100
+    (folder / "model.onnx").write_bytes(junk)
+    m = json.loads((folder / "manifest.json").read_text())
+    import hashlib
+    m["artifacts"]["onnx"].update(sha256=hashlib.sha256(junk).hexdigest(), bytes=len(junk))
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CarsegError, match="ONNX Runtime cannot load it") as e:
+        carseg.Predictor(folder, backend="onnx")
+    assert str(folder / "model.onnx") in str(e.value)
+
+    if not torch.cuda.is_available():
+        with pytest.raises(CarsegError, match="CUDA requested but not available"):
+            carseg.Predictor(tiny_artifacts, device="cuda", backend="onnx")
+
+    code = ("import carseg, sys\n"
+            "try:\n    carseg.Predictor(sys.argv[1], backend='onnx')\n"
+            "except carseg.CarsegError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_artifacts)], capture_output=True,
+                       text=True, timeout=120,
+                       env={**os.environ, "CARSEG_ONNXRUNTIME_LIBRARY": str(tmp_path / "none.so")})
+    assert r.returncode == 0, r.stderr
+    assert f"cannot load the ONNX Runtime library {tmp_path / 'none.so'}" in r.stdout
+
+
 def test_fast_cpu_options_agree_with_the_reference(tiny_artifacts: Path, jpegs: list[Path],
                                                   photos: list[np.ndarray],
                                                   tmp_path: Path) -> None:
@@ -344,7 +420,7 @@ def test_bad_model_folders(tiny_artifacts: Path, tmp_path: Path) -> None:
         carseg.Predictor(tiny_artifacts, precision="fp16")
     with pytest.raises(CarsegError, match=r"^threshold: expected a value in \(0, 1\)"):
         carseg.Predictor(tiny_artifacts, threshold=1.5)
-    with pytest.raises(CarsegError, match='expected auto, torchscript or aoti, got "trt"'):
+    with pytest.raises(CarsegError, match='expected auto, torchscript, aoti or onnx, got "trt"'):
         carseg.Predictor(tiny_artifacts, backend="trt")
     with pytest.raises(TypeError):
         carseg.Predictor(None)

@@ -16,9 +16,9 @@
 namespace carseg {
 
 enum class Precision { kFp32, kFp16 };
-enum class BackendKind { kAuto, kTorchScript, kAoti };
+enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
 
-/// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"; throw OptionError("precision" or
+/// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"/"onnx"; throw OptionError("precision" or
 /// "backend", ...) on anything else.
 [[nodiscard]] Precision parse_precision(const std::string& s);
 [[nodiscard]] BackendKind parse_backend(const std::string& s);

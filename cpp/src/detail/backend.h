@@ -20,7 +20,7 @@ class Backend {
  public:
   virtual ~Backend() = default;
   [[nodiscard]] virtual torch::Tensor forward(const torch::Tensor& input) = 0;
-  /// "torchscript" or "aoti".
+  /// "torchscript", "aoti" or "onnx".
   [[nodiscard]] virtual std::string name() const = 0;
   /// Input dtype the model expects (fp32 or fp16).
   [[nodiscard]] virtual torch::ScalarType input_dtype() const = 0;
@@ -54,6 +54,18 @@ struct TorchScriptOptions {
                                                          const std::filesystem::path& file,
                                                          const torch::Device& device,
                                                          torch::ScalarType file_dtype);
+
+/// Whether this build can run ONNX models: built with ONNX Runtime's headers, and its library
+/// loads (the first call loads it); `why` gets the reason when not.
+[[nodiscard]] bool onnx_available(std::string* why = nullptr);
+/// The loaded ONNX Runtime's version ("" when !onnx_available()).
+[[nodiscard]] std::string onnx_runtime_version();
+/// An ONNX Runtime session (CPU execution provider, intra-op threads as libtorch's) over `bytes`
+/// (the file `file`, already read and checked). Throws carseg::Error: on CUDA, without ONNX
+/// Runtime, for a model that is not fp32 [N, 3, H, W] -> one output.
+[[nodiscard]] std::unique_ptr<Backend> make_onnx_backend(const std::vector<std::uint8_t>& bytes,
+                                                         const std::filesystem::path& file,
+                                                         const torch::Device& device);
 
 /// carseg::Error for `file` from what a library threw: "<what failed>: <its first line>", its
 /// whole text (torch's C++ backtrace) kept as the detail.
