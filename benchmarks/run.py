@@ -190,11 +190,11 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     if exe is None:
         add({"pipeline": "carseg_infer infer", "skipped": "carseg_infer not built"})
         return rows
-    for extra in ([], ["--exact"]):
+    for i, extra in enumerate(([], ["--exact"], ["--backend", "onnx"])):
         label = " ".join(["carseg_infer infer", *extra])
-        report = work / f"cpp_report{len(extra)}.json"
+        report = work / f"cpp_report{i}.json"
         proc = subprocess.run([exe, "infer", "--model", str(artifacts), "--input", str(jpegs),
-                               "--output", str(work / f"cpp{len(extra)}"), "--device",
+                               "--output", str(work / f"cpp{i}"), "--device",
                                device.type, "--report", str(report), *extra],
                               capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
@@ -402,8 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      compile_=not args.no_compile):
         results["backends"].append(run_backend(backend, x_by_size, ref_by_size, batches, iters,
                                                warmup, flops, peak, args.max_seconds))
-    for cpp_backend, fusion in (("torchscript", False), ("torchscript", True), ("aoti", False)):
-        if fusion and device.type != "cpu":
+    for cpp_backend, fusion in (("torchscript", False), ("torchscript", True), ("aoti", False),
+                                ("onnx", False)):
+        if (fusion or cpp_backend == "onnx") and device.type != "cpu":
             continue
         results["backends"].append(cpp_entry(args.artifacts, device, batches, sizes, iters,
                                              warmup, flops, peak, cpp_backend, manifest, fusion))

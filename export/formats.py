@@ -194,6 +194,9 @@ def _ort_runner(path: Path, device: torch.device):
 
 
 # ---- AOTInductor ------------------------------------------------------------------------------
+# CARSEG_AOTI_FREEZING=0 compiles CPU packages without weight freezing (to measure the knob).
+AOTI_FREEZING = os.environ.get("CARSEG_AOTI_FREEZING", "1") != "0"
+
 def compile_aoti(model: torch.nn.Module, path: Path, size: int, device: torch.device,
                  dtype: torch.dtype) -> dict[str, Any]:
     """torch.export with dynamic batch and H/W, then AOTInductor into a .pt2 package.
@@ -211,7 +214,12 @@ def compile_aoti(model: torch.nn.Module, path: Path, size: int, device: torch.de
     log.info("torch.export: %.1f s; compiling with AOTInductor for %s (tens of seconds)",
              time.monotonic() - t0, device)
     t0 = time.monotonic()
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(path))
+    # CPU: freeze the weights into the graph, so that Inductor folds them and prepacks them
+    # for oneDNN's convolutions (measured: see benchmarks/results, carseg_infer/aoti).
+    configs = {"freezing": True} if device.type == "cpu" and AOTI_FREEZING else {}
+    with torch.no_grad():  # Inductor freezes only a graph compiled without grad
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(path),
+                                                 inductor_configs=configs)
     log.info("AOTInductor compile: %.1f s", time.monotonic() - t0)
     runner = torch._inductor.aoti_load_package(str(path))
     with torch.no_grad():

@@ -51,8 +51,13 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
   const std::string want_precision = to_string(options.precision);
   const std::string device_type = device.is_cuda() ? "cuda" : "cpu";
 
-  if (options.backend == BackendKind::kOnnx) {
-    const std::string onnx = pick_artifact(manifest, "onnx", want_precision, "cpu");
+  // ONNX Runtime when asked for, and on auto on the CPU (the fastest CPU backend measured:
+  // benchmarks/results), when the manifest has an fp32 ONNX file and the library loads.
+  const std::string onnx = pick_artifact(manifest, "onnx", "fp32", "cpu");
+  const bool onnx_fits = !onnx.empty() && manifest.artifact(onnx).precision == "fp32" &&
+                         !device.is_cuda() && options.precision == Precision::kFp32;
+  if (options.backend == BackendKind::kOnnx ||
+      (options.backend == BackendKind::kAuto && onnx_fits && onnx_available())) {
     if (onnx.empty()) {
       throw Error(manifest.path().string(), "no ONNX artifact (format \"onnx\") to load");
     }
@@ -61,8 +66,13 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
       throw Error(manifest.artifact_path(onnx).string(),
                   "the ONNX Runtime backend runs fp32 models; this one is " + a.precision);
     }
-    return make_onnx_backend(manifest.read_verified_artifact(onnx), manifest.artifact_path(onnx),
-                             device);
+    try {
+      return make_onnx_backend(manifest.read_verified_artifact(onnx),
+                               manifest.artifact_path(onnx), device);
+    } catch (const Error& e) {
+      if (options.backend == BackendKind::kOnnx) throw;
+      log_line(std::string(e.what()) + "; falling back to the other backends");
+    }
   }
 
   // AOTI first when asked for (or on auto when the manifest has a package for this device).

@@ -3,8 +3,14 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "carseg/error.h"
 #include "carseg/image_io.h"
@@ -58,6 +64,26 @@ std::string to_string(Precision precision) {
 }
 
 bool cuda_available() { return torch::cuda::is_available(); }
+
+int available_cpus() {
+  int cpus = 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+  // cgroup v2: "max 100000" is no limit; "200000 100000" is two CPUs' worth of time.
+  std::ifstream f("/sys/fs/cgroup/cpu.max");
+  std::string quota;
+  double period = 0;
+  if (f >> quota >> period && quota != "max" && period > 0) {
+    char* end = nullptr;
+    const double q = std::strtod(quota.c_str(), &end);
+    if (end != quota.c_str() && q > 0) {
+      cpus = std::min(cpus, std::max(1, static_cast<int>(std::ceil(q / period))));
+    }
+  }
+  return cpus;
+}
 
 struct Predictor::Impl {
   Manifest manifest;

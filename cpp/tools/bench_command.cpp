@@ -23,7 +23,8 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
   --warmup N           untimed iterations first (default 5)
   --no-graphs          CUDA: only eager (default: report with and without CUDA graphs)
   --backend B          auto (default), torchscript, aoti or onnx (ONNX Runtime, CPU)
-  --threads N          torch intra-op threads
+  --threads LIST       intra-op threads, comma-separated to sweep them (default: OMP_NUM_THREADS
+                       if set, else the CPUs this process may use); a row per count
   --exact              CPU: op-for-op pre/post-processing (see infer --help)
   --onednn-fusion      CPU, TorchScript: oneDNN Graph fusion (see infer --help)
   --optimize           TorchScript optimize_for_inference (faster on CPU, not bit-identical)
@@ -76,36 +77,51 @@ int cmd_bench(int argc, char** argv) {
     return true;
   });
   if (!run) return kExitOk;
-  const carseg::Predictor predictor = common.load("bench");
-  // The model's own size by default; --size times the (spatially dynamic) model at another,
-  // to compare with other backends at one resolution.
-  const int h = height > 0 ? height : predictor.input_size();
-  const int w = width > 0 ? width : predictor.input_size();
-  const bool cuda = predictor.device().is_cuda();
-  std::vector<bool> graph_modes = {false};
-  if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};
-
-  std::cout << "carseg_infer bench: backend " << predictor.backend_name() << ", device "
-            << predictor.device().str() << ", " << carseg::to_string(common.options.precision)
-            << ", input " << h << "x" << w << ", " << at::get_num_threads() << " threads, " << iters
-            << " iterations after " << warmup << " warm-up\n"
-            << "batch  graphs   p50 ms    p90 ms    p99 ms     img/s\n";
+  const std::vector<int> thread_counts =
+      common.threads.empty() ? std::vector<int>{Common::default_threads()} : common.threads;
   json rows = json::array();
-  for (const int n : batches) {
-    for (const bool graphs : graph_modes) {
-      const carseg::LatencyStats st = carseg::time_forward(predictor, n, h, w, iters, warmup, graphs);
-      std::cout << std::setw(5) << n << "  " << std::setw(6) << (graphs ? "yes" : "no") << std::fixed
-                << std::setprecision(3) << std::setw(9) << st.p50 << " " << std::setw(9) << st.p90
-                << " " << std::setw(9) << st.p99 << " " << std::setprecision(1) << std::setw(9)
-                << st.images_per_second << "\n";
-      rows.push_back({{"batch", n}, {"cuda_graphs", graphs}, {"p50_ms", st.p50},
-                      {"p90_ms", st.p90}, {"p99_ms", st.p99}, {"mean_ms", st.mean},
-                      {"images_per_second", st.images_per_second}, {"iters", iters}});
+  std::optional<carseg::Predictor> loaded;
+  int h = 0, w = 0;
+  bool cuda = false;
+  for (const int n_threads : thread_counts) {
+    // Loaded again for each count: ONNX Runtime fixes its threads when a session is made.
+    loaded.reset();
+    loaded.emplace(common.load("bench", n_threads));
+    const carseg::Predictor& predictor = *loaded;
+    // The model's own size by default; --size times the (spatially dynamic) model at another,
+    // to compare with other backends at one resolution.
+    h = height > 0 ? height : predictor.input_size();
+    w = width > 0 ? width : predictor.input_size();
+    cuda = predictor.device().is_cuda();
+    std::vector<bool> graph_modes = {false};
+    if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};
+
+    std::cout << "carseg_infer bench: backend " << predictor.backend_name() << ", device "
+              << predictor.device().str() << ", " << carseg::to_string(common.options.precision)
+              << ", input " << h << "x" << w << ", " << at::get_num_threads() << " threads, "
+              << iters << " iterations after " << warmup << " warm-up\n"
+              << "batch  graphs   p50 ms    p90 ms    p99 ms     img/s\n";
+    for (const int n : batches) {
+      for (const bool graphs : graph_modes) {
+        const carseg::LatencyStats st =
+            carseg::time_forward(predictor, n, h, w, iters, warmup, graphs);
+        std::cout << std::setw(5) << n << "  " << std::setw(6) << (graphs ? "yes" : "no")
+                  << std::fixed << std::setprecision(3) << std::setw(9) << st.p50 << " "
+                  << std::setw(9) << st.p90 << " " << std::setw(9) << st.p99 << " "
+                  << std::setprecision(1) << std::setw(9) << st.images_per_second << "\n";
+        rows.push_back({{"batch", n}, {"cuda_graphs", graphs}, {"threads", n_threads},
+                        {"p50_ms", st.p50}, {"p90_ms", st.p90}, {"p99_ms", st.p99},
+                        {"mean_ms", st.mean}, {"images_per_second", st.images_per_second},
+                        {"iters", iters}});
+      }
     }
   }
+  const carseg::Predictor& predictor = *loaded;  // the last count's, for the end-to-end run
   json j = common.describe(predictor);
   const json size = h == w ? json(h) : json(std::to_string(h) + "x" + std::to_string(w));
-  j.update({{"command", "bench"}, {"threads", at::get_num_threads()}, {"input_size", size},
+  j.update({{"command", "bench"}, {"threads", thread_counts.size() == 1 ? json(thread_counts[0])
+                                                                         : json(thread_counts)},
+            {"input_size", size},
             {"input_height", h}, {"input_width", w},
             {"optimize_for_inference", common.options.optimize_for_inference},
             {"exact", common.options.exact},

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -96,7 +97,7 @@ struct Common {
   // took TorchScript batch 1 at 256 px from 41 to 36 ms, but batch 4 from 135 to 193 ms and
   // batch 1 at 512 px from 154 to 195 ms.
   carseg::PredictorOptions options = fast_defaults();
-  int threads = 0;
+  std::vector<int> threads;  // --threads LIST; empty: default_threads()
 
   static carseg::PredictorOptions fast_defaults() {
     carseg::PredictorOptions o;
@@ -110,7 +111,7 @@ struct Common {
     else if (flag == "--device") options.device = args.value(flag);
     else if (flag == "--precision") options.precision = carseg::parse_precision(args.value(flag));
     else if (flag == "--backend") options.backend = carseg::parse_backend(args.value(flag));
-    else if (flag == "--threads") threads = static_cast<int>(args.integer(flag, 1, 1024));
+    else if (flag == "--threads") threads = int_list(flag, args.value(flag), 1, 1024);
     else if (flag == "--no-graphs") options.use_cuda_graphs = false;
     else if (flag == "--exact") options.exact = true;
     else if (flag == "--onednn-fusion") options.onednn_fusion = true;
@@ -131,9 +132,31 @@ struct Common {
     return d;
   }
 
-  [[nodiscard]] carseg::Predictor load(const std::string& command) const {
+  /// "1,8,32" -> {1, 8, 32}, each in [lo, hi].
+  static std::vector<int> int_list(const std::string& flag, const std::string& v, int lo, int hi) {
+    std::vector<int> out;
+    std::stringstream ss(v);
+    for (std::string part; std::getline(ss, part, ',');) {
+      out.push_back(static_cast<int>(Args::parse_int(flag, part, lo, hi)));
+    }
+    if (out.empty()) throw UsageError(flag + ": expected numbers like 1,2,4, got \"" + v + "\"");
+    return out;
+  }
+
+  /// Intra-op threads when --threads is not given: OMP_NUM_THREADS when set (torch has read
+  /// it), else every CPU this process may use (its affinity and cgroup quota; torch's own
+  /// default counts the machine's cores, which a container may not have).
+  static int default_threads() {
+    const char* omp = std::getenv("OMP_NUM_THREADS");
+    if (omp != nullptr && *omp != '\0') return at::get_num_threads();
+    return carseg::available_cpus();
+  }
+
+  /// Loads the model with `n_threads` intra-op threads (0: --threads' first, or the default).
+  [[nodiscard]] carseg::Predictor load(const std::string& command, int n_threads = 0) const {
     if (model.empty()) throw UsageError(command + ": --model is required");
-    if (threads > 0) at::set_num_threads(threads);
+    if (n_threads <= 0) n_threads = threads.empty() ? default_threads() : threads.front();
+    at::set_num_threads(n_threads);
     try {
       return carseg::Predictor(model, options);
     } catch (const c10::Error& e) {

@@ -35,7 +35,8 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --workers N          decode/encode threads, each side (default 2)
   --report FILE.json   per-input results and errors as JSON
   --backend B          auto (default), torchscript, aoti or onnx (ONNX Runtime, CPU)
-  --threads N          torch intra-op threads (default: torch's choice / OMP_NUM_THREADS)
+  --threads N          intra-op threads of the model (default: OMP_NUM_THREADS if set,
+                       else the CPUs this process may use)
   --no-graphs          do not capture CUDA graphs
   --overwrite          replace outputs already in the output folder (default: a photo whose
                        outputs exist is refused, and nothing there is replaced)
@@ -104,6 +105,7 @@ int cmd_infer(int argc, char** argv) {
   });
   if (!run) return kExitOk;
   if (common.model.empty()) throw UsageError("infer: --model is required");
+  if (common.threads.size() > 1) throw UsageError("infer: --threads takes one number");
   if (inputs.empty()) throw UsageError("infer: --input is required");
   if (output.empty()) throw UsageError("infer: --output is required");
   const std::vector<fs::path> photos = carseg::collect_photos(inputs, output);
@@ -128,7 +130,8 @@ int cmd_infer(int argc, char** argv) {
     predictor.emplace(common.load("infer"));
     const auto& rs = predictor->refine();
     std::cerr << "carseg_infer: " << predictor->device().str() << " " << carseg::to_string(predictor->precision())
-              << " " << predictor->backend_name() << ", refinement "
+              << " " << predictor->backend_name() << ", " << at::get_num_threads()
+              << " threads, " << opt.workers << "+" << opt.workers << " decode+encode workers, refinement "
               << (rs ? "on (radius " + std::to_string(rs->radius).substr(0, 4) + " model px)" : "off")
               << ", cutout " << (opt.cutout ? opt.cutout->describe() : "none") << "\n";
     r = carseg::Pipeline(*predictor, opt).run(photos, output);

@@ -194,7 +194,7 @@ def test_other_backends_match_torchscript(tiny_artifacts_all: Path, tiny_data: P
             pytest.skip(r.stderr.strip())
         assert r.returncode == 0, r.stderr
         assert json.loads(report.read_text())["backend"] == b
-        assert f" {b}, refinement " in r.stderr  # what it says it runs on
+        assert f"carseg_infer: cpu fp32 {b}, " in r.stderr  # what it says it runs on
         masks[b] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
     assert masks[backend].keys() == masks["torchscript"].keys() and len(masks[backend]) == 3
     for name, a in masks[backend].items():

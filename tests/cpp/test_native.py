@@ -32,15 +32,17 @@ else:
 pytestmark = pytest.mark.skipif(_native is None, reason=_WHY)
 
 
+# TorchScript, the file the Python reference runs too (auto picks ONNX Runtime on the CPU: its
+# own tests below), so that these compare op for op.
 @pytest.fixture(scope="module")
 def predictor(tiny_artifacts: Path):
-    return carseg.Predictor(tiny_artifacts)
+    return carseg.Predictor(tiny_artifacts, backend="torchscript")
 
 
 @pytest.fixture(scope="module")
 def plain(tiny_artifacts: Path):
     """The model's own contract, without the refinement: mask = sigmoid(logits) > threshold."""
-    return carseg.Predictor(tiny_artifacts, refine=False)
+    return carseg.Predictor(tiny_artifacts, backend="torchscript", refine=False)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +172,9 @@ def test_onnx_backend_matches_onnxruntime_and_torchscript(tiny_artifacts: Path,
 
     onnx = _onnx_or_skip(tiny_artifacts)
     assert onnx.backend == "onnx"
+    assert carseg.Predictor(tiny_artifacts).backend == "onnx"  # auto, on the CPU at fp32
     ref = ReferencePredictor(tiny_artifacts, backend="onnx", refine=False)
-    ts = carseg.Predictor(tiny_artifacts, refine=False)
+    ts = carseg.Predictor(tiny_artifacts, backend="torchscript", refine=False)
     for im in photos:
         proba = onnx.predict_proba(im)
         ref_proba = torch.sigmoid(torch.from_numpy(ref.predict_logits(im))).numpy()
@@ -183,7 +186,8 @@ def test_onnx_backend_matches_onnxruntime_and_torchscript(tiny_artifacts: Path,
         assert np.array_equal(got, onnx.predict(im))
     refined = carseg.Predictor(tiny_artifacts, backend="onnx")
     mask, alpha = refined.predict_matte(photos[0])
-    ts_mask, ts_alpha = carseg.Predictor(tiny_artifacts).predict_matte(photos[0])
+    ts_refined = carseg.Predictor(tiny_artifacts, backend="torchscript")
+    ts_mask, ts_alpha = ts_refined.predict_matte(photos[0])
     assert _iou(mask > 0, ts_mask > 0) >= 0.999
     assert np.abs(alpha.astype(int) - ts_alpha.astype(int)).mean() < 0.5
 
@@ -408,7 +412,7 @@ def test_bad_model_folders(tiny_artifacts: Path, tmp_path: Path) -> None:
     with model.open("ab") as f:
         f.write(b"\0")
     with pytest.raises(CarsegError) as e:
-        carseg.Predictor(folder)
+        carseg.Predictor(folder, backend="torchscript")
     assert f"{model}: sha256 mismatch: expected" in str(e.value)
 
     if not torch.cuda.is_available():

@@ -26,6 +26,9 @@ enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
 [[nodiscard]] std::string to_string(Precision precision);
 /// Whether this process can use a CUDA device (false on a CPU-only build or machine).
 [[nodiscard]] bool cuda_available();
+/// The CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota
+/// (/sys/fs/cgroup/cpu.max, rounded up). At least 1.
+[[nodiscard]] int available_cpus();
 
 struct PredictorOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"

@@ -72,10 +72,12 @@ struct TorchScriptOptions {
 [[nodiscard]] Error library_error(const std::string& file, const std::string& what_failed,
                                   const std::exception& e);
 
-/// The backend policy: which artifact of the manifest to load for these options and device
-/// (an AOTInductor package compiled for this device first when asked for or on auto, falling
-/// back to TorchScript on auto), its sha256 checked against the manifest before it is loaded.
-/// Throws carseg::Error naming the manifest or the file.
+/// The backend policy: which artifact of the manifest to load for these options and device,
+/// its sha256 checked against the manifest before it is loaded. Asked for by name, that one
+/// or an error. On auto: on the CPU at fp32, ONNX Runtime on the fp32 ONNX file (the fastest
+/// on the CPUs measured) when the library loads; then an AOTInductor package compiled for this
+/// device; then TorchScript; each falling back to the next when it cannot load. Throws
+/// carseg::Error naming the manifest or the file.
 [[nodiscard]] std::unique_ptr<Backend> load_backend(const Manifest& manifest,
                                                     const PredictorOptions& options,
                                                     const torch::Device& device);
