@@ -32,7 +32,8 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --no-refine          the model's mask resized, without the manifest's full-resolution
                        refinement (output.refine; on by default where the manifest has it)
   --softness S         width of the matte's soft edge in (0, 1] (default: the manifest's)
-  --workers N          decode/encode threads, each side (default 2)
+  --workers N          decode/encode threads, each side (default: the CPUs this process may
+                       use, 1 to 8)
   --report FILE.json   per-input results and errors as JSON
   --backend B          auto (default), torchscript, aoti or onnx (ONNX Runtime, CPU)
   --threads N          intra-op threads of the model (default: OMP_NUM_THREADS if set,
@@ -62,6 +63,7 @@ int cmd_infer(int argc, char** argv) {
   fs::path output;
   std::optional<fs::path> report;
   carseg::PipelineOptions opt;
+  bool workers_given = false;
   const bool run = parse_flags(args, common, "infer", kInferHelp, [&](const std::string& flag) {
     if (flag == "--input") {
       for (const auto& v : args.values(flag, /*many=*/true)) inputs.emplace_back(v);
@@ -92,6 +94,7 @@ int cmd_infer(int argc, char** argv) {
       opt.jpeg_quality = static_cast<int>(args.integer(flag, 1, 100));
     } else if (flag == "--workers") {
       opt.workers = static_cast<int>(args.integer(flag, 1, 256));
+      workers_given = true;
     } else if (flag == "--report") {
       report = fs::path(args.value(flag));
     } else if (flag == "--overwrite") {
@@ -104,6 +107,7 @@ int cmd_infer(int argc, char** argv) {
     return true;
   });
   if (!run) return kExitOk;
+  if (!workers_given) opt.workers = std::clamp(carseg::available_cpus(), 1, 8);
   if (common.model.empty()) throw UsageError("infer: --model is required");
   if (common.threads.size() > 1) throw UsageError("infer: --threads takes one number");
   if (inputs.empty()) throw UsageError("infer: --input is required");
