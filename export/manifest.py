@@ -16,6 +16,7 @@ from typing import Any
 from carseg.errors import CarsegError
 from carseg.io.files import write_atomic
 from carseg.runtime.manifest import (
+    ARTIFACT_NAMES,
     FORMATS,
     MANIFEST_NAME,
     PRECISIONS,
@@ -25,7 +26,7 @@ from carseg.runtime.manifest import (
     sha256_file,
 )
 
-__all__ = ["FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA_VERSION", "Manifest",
+__all__ = ["ARTIFACT_NAMES", "FORMATS", "MANIFEST_NAME", "PRECISIONS", "SCHEMA_VERSION", "Manifest",
            "check_compatible", "load_manifest", "merge_artifact", "sha256_file", "utc_now",
            "with_artifact", "with_parity", "write_manifest"]
 

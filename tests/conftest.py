@@ -65,3 +65,21 @@ def tiny_artifacts_all(tiny_artifacts: Path, tiny_logdir: Path,
     shutil.copytree(tiny_artifacts, out)
     export_artifact("aoti", tiny_logdir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_artifacts: Path, tiny_data: Path, tiny_logdir: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_artifacts plus model.int8.onnx (`python -m export int8`, calibrated on the training
+    CSV's photos), verified."""
+    import shutil
+
+    from export.cli import main as export_main
+
+    out = tmp_path_factory.mktemp("tiny_int8") / "art"
+    shutil.copytree(tiny_artifacts, out)
+    rc = export_main(["int8", str(out), "--calibration", str(tiny_data / "dataset_train.csv"),
+                      "--num", "8", "--logdir", str(tiny_logdir), "--images",
+                      str(tiny_data / "dataset_valid.csv")])
+    assert rc == 0, "export int8 failed its own verify"
+    return out

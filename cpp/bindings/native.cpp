@@ -255,7 +255,8 @@ PYBIND11_MODULE(_native, m) {
            py::arg("onednn_fusion") = false, py::arg("refine") = true, py::arg("softness") = py::none(),
            R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
-device "cpu", "cuda" or "cuda:N"; precision "fp32" or "fp16" (CUDA only); threshold in (0, 1)
+device "cpu", "cuda" or "cuda:N"; precision "fp32", "fp16" (CUDA only) or "int8" (CPU, ONNX
+Runtime on model.int8.onnx); threshold in (0, 1)
 overrides the manifest's; backend "auto", "torchscript", "aoti" or "onnx" (ONNX Runtime, CPU
 only); cuda_graphs: capture and replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
 kernels, faster, masks may differ from the op-for-op reference where a logit is within float

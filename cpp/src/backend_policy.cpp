@@ -51,6 +51,20 @@ std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorO
   const std::string want_precision = to_string(options.precision);
   const std::string device_type = device.is_cuda() ? "cuda" : "cpu";
 
+  // int8: the statically quantized ONNX model, through ONNX Runtime, or nothing.
+  if (options.precision == Precision::kInt8) {
+    if (options.backend != BackendKind::kAuto && options.backend != BackendKind::kOnnx) {
+      throw OptionError("backend", "int8 runs through ONNX Runtime: use auto or onnx");
+    }
+    const std::string q = pick_artifact(manifest, "onnx", "int8", "cpu");
+    if (q.empty() || manifest.artifact(q).precision != "int8") {
+      throw Error(manifest.path().string(), "no int8 artifact (make one with `python -m export "
+                                            "int8 FOLDER --calibration TRAINING_PHOTOS`)");
+    }
+    return make_onnx_backend(manifest.read_verified_artifact(q), manifest.artifact_path(q),
+                             device);
+  }
+
   // ONNX Runtime when asked for, and on auto on the CPU (the fastest CPU backend measured:
   // benchmarks/results), when the manifest has an fp32 ONNX file and the library loads.
   const std::string onnx = pick_artifact(manifest, "onnx", "fp32", "cpu");

@@ -285,8 +285,12 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
     a.format = r.string(entry, "format", where, &name);
     const std::string fp32 = "fp32", cpu = "cpu";
     a.precision = r.string(entry, "precision", where, &fp32);
-    if (a.precision != "fp32" && a.precision != "fp16")
-      r.fail(where + "precision: expected \"fp32\" or \"fp16\", got " + quote(a.precision));
+    if (a.precision != "fp32" && a.precision != "fp16" && a.precision != "int8")
+      r.fail(where + "precision: expected \"fp32\", \"fp16\" or \"int8\", got " +
+             quote(a.precision));
+    if (a.precision == "int8" && a.format != "onnx")
+      r.fail(where + "precision: int8 is for ONNX models (format \"onnx\"), got format " +
+             quote(a.format));
     a.device = r.string(entry, "device", where, &cpu);
     a.sha256 = r.string(entry, "sha256", where);
     if (!is_hex64(a.sha256))

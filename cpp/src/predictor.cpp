@@ -48,7 +48,8 @@ torch::Device parse_device(const std::string& name) {
 Precision parse_precision(const std::string& s) {
   if (s == "fp32") return Precision::kFp32;
   if (s == "fp16") return Precision::kFp16;
-  throw OptionError("precision", "expected fp32 or fp16, got \"" + s + "\"");
+  if (s == "int8") return Precision::kInt8;
+  throw OptionError("precision", "expected fp32, fp16 or int8, got \"" + s + "\"");
 }
 
 BackendKind parse_backend(const std::string& s) {
@@ -60,7 +61,11 @@ BackendKind parse_backend(const std::string& s) {
 }
 
 std::string to_string(Precision precision) {
-  return precision == Precision::kFp16 ? "fp16" : "fp32";
+  switch (precision) {
+    case Precision::kFp16: return "fp16";
+    case Precision::kInt8: return "int8";
+    default: return "fp32";
+  }
 }
 
 bool cuda_available() { return torch::cuda::is_available(); }
@@ -215,6 +220,9 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
   m.device = parse_device(options.device);
   if (options.precision == Precision::kFp16 && !m.device.is_cuda()) {
     throw OptionError("precision", "fp16 needs a CUDA device; use fp32 on the CPU");
+  }
+  if (options.precision == Precision::kInt8 && m.device.is_cuda()) {
+    throw OptionError("precision", "int8 runs on the CPU (ONNX Runtime); use fp16 on CUDA");
   }
   m.threshold = options.threshold.value_or(m.manifest.threshold());
   if (!(m.threshold > 0 && m.threshold < 1)) {

@@ -129,7 +129,7 @@ TEST(Predictor, BadOptionsAreClearErrors) {
   o = {};
   o.threshold = 1.5;
   expect_field("threshold", [&] { carseg::Predictor p(fixtures() / "model", o); });
-  expect_field("precision", [] { (void)carseg::parse_precision("int8"); });
+  expect_field("precision", [] { (void)carseg::parse_precision("int4"); });
   expect_field("backend", [] { (void)carseg::parse_backend("tensorrt"); });
   o = {};
   o.backend = carseg::BackendKind::kAoti;  // the fixture has no .pt2

@@ -15,7 +15,8 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
 
   --model DIR          artifact folder
   --device D           cpu (default), cuda or cuda:N
-  --precision P        fp32 (default) or fp16 (CUDA only)
+  --precision P        fp32 (default), fp16 (CUDA only) or int8 (CPU: the folder's
+                       model.int8.onnx from `python -m export int8`, through ONNX Runtime)
   --batch LIST         batch sizes, comma-separated (default 1,8,32)
   --size N|HxW         input size, multiples of 32: N for N x N, or e.g. 1280x1920
                        (default: the model's own square)

@@ -20,7 +20,8 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --input PATH...      image files and/or folders (JPEG, PNG, GIF, BMP); several allowed
   --output DIR         where NAME_mask.png and NAME_cutout.{jpg,png} are written (created)
   --device D           cpu (default), cuda or cuda:N
-  --precision P        fp32 (default) or fp16 (CUDA only)
+  --precision P        fp32 (default), fp16 (CUDA only) or int8 (CPU: the folder's
+                       model.int8.onnx from `python -m export int8`, through ONNX Runtime)
   --batch N            images per forward pass (default 8)
   --threshold T        mask threshold in (0, 1) (default: manifest's output.threshold)
   --cutout MODE        white (JPEG, default), transparent (PNG with alpha) or none

@@ -49,7 +49,7 @@ class Predictor:
         self,
         model_dir: str | os.PathLike[str],
         device: str = "cpu",
-        precision: Literal["fp32", "fp16"] = "fp32",
+        precision: Literal["fp32", "fp16", "int8"] = "fp32",
         threshold: float | None = None,
         backend: Literal["auto", "torchscript", "aoti", "onnx"] = "auto",
         cuda_graphs: bool = True,
@@ -111,7 +111,7 @@ class Predictor:
         """Device the model runs on: "cpu" or "cuda:N"."""
     @property
     def precision(self) -> str:
-        """Precision asked for: "fp32" or "fp16"."""
+        """Precision asked for: "fp32", "fp16" or "int8"."""
     @property
     def threshold(self) -> float:
         """Mask threshold on the probability."""

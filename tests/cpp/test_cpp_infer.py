@@ -221,3 +221,29 @@ def test_same_stem_is_refused_and_unwritable_report_fails_early(fixtures: Path, 
             tmp_path / "out2", "--report", blocker / "r.json")
     assert r.returncode == 2 and "cannot create the output folder" in r.stderr
     assert not (tmp_path / "out2").exists() or not any((tmp_path / "out2").iterdir())
+
+
+def test_int8_folder_run(tiny_int8: Path, tiny_data: Path, tmp_path: Path) -> None:
+    """carseg_infer infer --precision int8: says so, reports it, and its masks keep IoU >= 0.98
+    against the fp32 run's."""
+    from PIL import Image
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for p in sorted((tiny_data / "train").glob("*.jpg"))[:3]:
+        shutil.copy(p, photos / p.name)
+    masks = {}
+    for precision in ("int8", "fp32"):
+        out, report = tmp_path / precision, tmp_path / f"{precision}.json"
+        r = run("infer", "--model", tiny_int8, "--input", photos, "--output", out,
+                "--precision", precision, "--cutout", "none", "--report", report)
+        if r.returncode == 2 and "built without ONNX Runtime's headers" in r.stderr:
+            pytest.skip(r.stderr.strip())
+        assert r.returncode == 0, r.stderr
+        assert f"carseg_infer: cpu {precision} onnx, " in r.stderr
+        assert json.loads(report.read_text())["precision"] == precision
+        masks[precision] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
+    assert len(masks["int8"]) == 3 and masks["int8"].keys() == masks["fp32"].keys()
+    for name, a in masks["int8"].items():
+        b = masks["fp32"][name]
+        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.98, name

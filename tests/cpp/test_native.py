@@ -418,7 +418,7 @@ def test_bad_model_folders(tiny_artifacts: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(CarsegError, match="CUDA requested but not available"):
             carseg.Predictor(tiny_artifacts, device="cuda")
-    with pytest.raises(CarsegError, match='expected fp32 or fp16, got "fp8"'):
+    with pytest.raises(CarsegError, match='expected fp32, fp16 or int8, got "fp8"'):
         carseg.Predictor(tiny_artifacts, precision="fp8")
     with pytest.raises(CarsegError, match="fp16 needs a CUDA device"):
         carseg.Predictor(tiny_artifacts, precision="fp16")
@@ -613,3 +613,23 @@ def test_pipeline_binding_refuses_bad_options(predictor, tmp_path: Path) -> None
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(CarsegError, match="cannot create the output folder"):
         _native.Pipeline(predictor).run([tmp_path / "x.jpg"], tmp_path / "file" / "out")
+
+
+def test_int8_runs_the_quantized_model_on_onnx_runtime(tiny_int8: Path, tiny_artifacts: Path,
+                                                       photos: list[np.ndarray]) -> None:
+    """precision="int8": model.int8.onnx through ONNX Runtime; its masks keep IoU >= 0.98
+    against fp32's on the test photos (verify's own bar is 0.99 against eager on its photos),
+    refinement included; the errors say what to do."""
+    _onnx_or_skip(tiny_int8)
+    q = carseg.Predictor(tiny_int8, precision="int8")
+    assert (q.backend, q.precision) == ("onnx", "int8")
+    fp32 = carseg.Predictor(tiny_int8, backend="onnx")
+    for im in photos:
+        assert _iou(q.predict(im) > 0, fp32.predict(im) > 0) >= 0.98
+    with pytest.raises(CarsegError, match="int8 runs through ONNX Runtime: use auto or onnx"):
+        carseg.Predictor(tiny_int8, precision="int8", backend="torchscript")
+    with pytest.raises(CarsegError, match="no int8 artifact"):
+        carseg.Predictor(tiny_artifacts, precision="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(CarsegError, match="CUDA requested but not available"):
+            carseg.Predictor(tiny_int8, precision="int8", device="cuda")

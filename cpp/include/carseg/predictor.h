@@ -15,14 +15,16 @@
 
 namespace carseg {
 
-enum class Precision { kFp32, kFp16 };
+/// kInt8: the manifest's statically quantized ONNX model (`python -m export int8`), on the
+/// CPU through ONNX Runtime; fp32 in and out.
+enum class Precision { kFp32, kFp16, kInt8 };
 enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
 
 /// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"/"onnx"; throw OptionError("precision" or
 /// "backend", ...) on anything else.
 [[nodiscard]] Precision parse_precision(const std::string& s);
 [[nodiscard]] BackendKind parse_backend(const std::string& s);
-/// "fp32" or "fp16".
+/// "fp32", "fp16" or "int8".
 [[nodiscard]] std::string to_string(Precision precision);
 /// Whether this process can use a CUDA device (false on a CPU-only build or machine).
 [[nodiscard]] bool cuda_available();

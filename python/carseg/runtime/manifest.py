@@ -34,7 +34,11 @@ MAX_DEPTH = 16  # the schema needs 5
 MAX_ARTIFACT_BYTES = 4 << 30  # libcarseg's Manifest::kMaxArtifactBytes
 
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
-PRECISIONS = {"fp32": "float32", "fp16": "float16"}
+PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # a folder's: its input dtype
+# Artifact name -> (format, precision): each format's own artifact is the folder's precision;
+# onnx_int8 is the statically quantized ONNX model (`python -m export int8`), fp32 in and out.
+INT8_NAME, INT8_FILE = "onnx_int8", "model.int8.onnx"
+ARTIFACT_NAMES = (*FORMATS, INT8_NAME)
 
 _TOP = {"schema_version": int, "carseg_version": str, "created": str, "model": dict,
         "source": dict, "preprocessing": dict, "input": dict, "output": dict,
@@ -47,7 +51,9 @@ _OUTPUT = {"name": str, "dtype": str, "shape": list, "kind": str, "activation": 
            "threshold": float}
 _ARTIFACT = {"file": str, "format": str, "precision": str, "device": str, "sha256": str,
              "bytes": int, "dynamic": dict, "export_seconds": float, "parity": (dict, type(None))}
-_ARTIFACT_OPTIONAL = {"opset": int}
+_ARTIFACT_OPTIONAL = {"opset": int, "calibration": dict}
+_CALIBRATION = {"source": str, "images": int, "method": str, "activations": str,
+                "weights": str}
 _PARITY = {"passed": bool, "max_abs_diff": (float, type(None)), "mask_iou": (float, type(None)),
            "tolerance": dict, "cases": list, "checked_at": str}
 
@@ -140,15 +146,20 @@ class Manifest:
             raise ValueError(f"{source}: preprocessing: {e}") from None
         for name, a in d["artifacts"].items():
             where = f"{source}: artifacts.{name}"
-            if name not in FORMATS:
+            if name not in ARTIFACT_NAMES:
                 raise ValueError(f"{source}: artifacts: unknown artifact {name!r:.60}; "
-                                 f"expected one of {sorted(FORMATS)}")
+                                 f"expected one of {sorted(ARTIFACT_NAMES)}")
             _check_fields(where, a, _ARTIFACT, _ARTIFACT_OPTIONAL)
-            if a["format"] != name:
-                raise ValueError(f"{where}.format: expected {name!r}, got {a['format']!r:.60}")
-            if a["precision"] not in PRECISIONS:
-                raise ValueError(f"{where}.precision: expected one of {sorted(PRECISIONS)}, "
+            fmt, precisions = ("onnx", {"int8"}) if name == INT8_NAME else (name, PRECISIONS)
+            if a["format"] != fmt:
+                raise ValueError(f"{where}.format: expected {fmt!r}, got {a['format']!r:.60}")
+            if a["precision"] not in precisions:
+                raise ValueError(f"{where}.precision: expected one of {sorted(precisions)}, "
                                  f"got {a['precision']!r:.60}")
+            if name == INT8_NAME:
+                if "calibration" not in a:
+                    raise ValueError(f"{where}: an int8 artifact records its calibration")
+                _check_fields(f"{where}.calibration", a["calibration"], _CALIBRATION)
             if not a["file"] or len(a["file"]) > 255 or Path(a["file"]).name != a["file"] \
                     or a["file"] in (".", ".."):
                 raise ValueError(f"{where}.file: expected a file name in the folder, "
