@@ -172,6 +172,27 @@ def test_bench_json(fixtures: Path, photos: Path, tmp_path: Path) -> None:
     assert [row["batch"] for row in rep["results"]] == [1, 2]
     assert all(row["p50_ms"] > 0 for row in rep["results"])
     assert rep["end_to_end"]["images"] == 3
+    assert rep["threads"] == 2  # OMP_NUM_THREADS (tests/conftest.py) is the default
+    assert all(row["threads"] == 2 for row in rep["results"])
+
+
+def test_bench_sweeps_threads(fixtures: Path, tmp_path: Path) -> None:
+    """--threads 1,2: a row per thread count and batch, each timed at its own count."""
+    out = tmp_path / "bench.json"
+    r = run("bench", "--model", fixtures / "model", "--batch", "1,2", "--iters", "2",
+            "--warmup", "1", "--threads", "1,2", "--json", out)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    assert rep["threads"] == [1, 2]
+    assert [(row["threads"], row["batch"]) for row in rep["results"]] == [
+        (1, 1), (1, 2), (2, 1), (2, 2)]
+    assert r.stdout.count("carseg_infer bench: backend") == 2
+    assert ", 1 threads," in r.stdout and ", 2 threads," in r.stdout
+    bad = run("bench", "--model", fixtures / "model", "--threads", "0")
+    assert bad.returncode == 2 and "--threads" in bad.stderr
+    bad = run("infer", "--model", fixtures / "model", "--input", tmp_path, "--output",
+              tmp_path / "o", "--threads", "1,2")
+    assert bad.returncode == 2 and "--threads takes one number" in bad.stderr
 
 
 @pytest.mark.parametrize("backend", ["aoti", "onnx"])
