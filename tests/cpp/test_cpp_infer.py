@@ -195,32 +195,51 @@ def test_bench_sweeps_threads(fixtures: Path, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--threads takes one number" in bad.stderr
 
 
+def _three_photos(tiny_data: Path, tmp_path: Path) -> Path:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for p in sorted((tiny_data / "train").glob("*.jpg"))[:3]:
+        shutil.copy(p, photos / p.name)
+    return photos
+
+
+def _folder_masks(model: Path, photos: Path, out: Path, *flags: str | Path
+                  ) -> tuple[dict[str, np.ndarray], str, dict]:
+    """carseg_infer infer over `photos` (masks only) -> (masks by file name, its stderr, its
+    report); skips where this build has no ONNX Runtime."""
+    from PIL import Image
+
+    report = out.with_suffix(".json")
+    r = run("infer", "--model", model, "--input", photos, "--output", out, "--cutout", "none",
+            "--report", report, *flags)
+    if r.returncode == 2 and "built without ONNX Runtime's headers" in r.stderr:
+        pytest.skip(r.stderr.strip())
+    assert r.returncode == 0, r.stderr
+    masks = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
+    return masks, r.stderr, json.loads(report.read_text())
+
+
+def _assert_agree(got: dict[str, np.ndarray], want: dict[str, np.ndarray],
+                  min_iou: float) -> None:
+    assert got.keys() == want.keys() and len(got) == 3
+    for name, a in got.items():
+        b = want[name]
+        assert (a & b).sum() / max(1, (a | b).sum()) >= min_iou, name
+
+
 @pytest.mark.parametrize("backend", ["aoti", "onnx"])
 def test_other_backends_match_torchscript(tiny_artifacts_all: Path, tiny_data: Path,
                                           tmp_path: Path, backend: str) -> None:
     """carseg_infer --backend aoti (conftest's model.pt2) and --backend onnx (ONNX Runtime on
     model.onnx) against --backend torchscript, end to end over a folder."""
-    from PIL import Image
-
-    photos = tmp_path / "in"
-    photos.mkdir()
-    for p in sorted((tiny_data / "train").glob("*.jpg"))[:3]:
-        shutil.copy(p, photos / p.name)
+    photos = _three_photos(tiny_data, tmp_path)
     masks = {}
     for b in (backend, "torchscript"):
-        out, report = tmp_path / b, tmp_path / f"{b}.json"
-        r = run("infer", "--model", tiny_artifacts_all, "--input", photos, "--output", out,
-                "--backend", b, "--cutout", "none", "--report", report)
-        if r.returncode == 2 and "built without ONNX Runtime's headers" in r.stderr:
-            pytest.skip(r.stderr.strip())
-        assert r.returncode == 0, r.stderr
-        assert json.loads(report.read_text())["backend"] == b
-        assert f"carseg_infer: cpu fp32 {b}, " in r.stderr  # what it says it runs on
-        masks[b] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
-    assert masks[backend].keys() == masks["torchscript"].keys() and len(masks[backend]) == 3
-    for name, a in masks[backend].items():
-        b = masks["torchscript"][name]
-        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.999, name
+        masks[b], stderr, report = _folder_masks(tiny_artifacts_all, photos, tmp_path / b,
+                                                 "--backend", b)
+        assert report["backend"] == b
+        assert f"carseg_infer: cpu fp32 {b}, " in stderr  # what it says it runs on
+    _assert_agree(masks[backend], masks["torchscript"], 0.999)
 
 
 def test_same_stem_is_refused_and_unwritable_report_fails_early(fixtures: Path, photos: Path,
@@ -247,24 +266,11 @@ def test_same_stem_is_refused_and_unwritable_report_fails_early(fixtures: Path, 
 def test_int8_folder_run(tiny_int8: Path, tiny_data: Path, tmp_path: Path) -> None:
     """carseg_infer infer --precision int8: says so, reports it, and its masks keep IoU >= 0.98
     against the fp32 run's."""
-    from PIL import Image
-
-    photos = tmp_path / "in"
-    photos.mkdir()
-    for p in sorted((tiny_data / "train").glob("*.jpg"))[:3]:
-        shutil.copy(p, photos / p.name)
+    photos = _three_photos(tiny_data, tmp_path)
     masks = {}
     for precision in ("int8", "fp32"):
-        out, report = tmp_path / precision, tmp_path / f"{precision}.json"
-        r = run("infer", "--model", tiny_int8, "--input", photos, "--output", out,
-                "--precision", precision, "--cutout", "none", "--report", report)
-        if r.returncode == 2 and "built without ONNX Runtime's headers" in r.stderr:
-            pytest.skip(r.stderr.strip())
-        assert r.returncode == 0, r.stderr
-        assert f"carseg_infer: cpu {precision} onnx, " in r.stderr
-        assert json.loads(report.read_text())["precision"] == precision
-        masks[precision] = {p.name: np.asarray(Image.open(p)) > 0 for p in out.glob("*_mask.png")}
-    assert len(masks["int8"]) == 3 and masks["int8"].keys() == masks["fp32"].keys()
-    for name, a in masks["int8"].items():
-        b = masks["fp32"][name]
-        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.98, name
+        masks[precision], stderr, report = _folder_masks(
+            tiny_int8, photos, tmp_path / precision, "--precision", precision)
+        assert f"carseg_infer: cpu {precision} onnx, " in stderr
+        assert report["precision"] == precision
+    _assert_agree(masks["int8"], masks["fp32"], 0.98)
