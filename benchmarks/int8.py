@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +36,6 @@ from carseg.io.files import write_atomic
 
 
 def cpp_p50(artifacts: Path, precision: str, size: int, iters: int) -> float:
-    import subprocess
-
     with tempfile.TemporaryDirectory(prefix="carseg-int8-") as tmp:
         out = Path(tmp) / "bench.json"
         subprocess.run([carseg_infer(), "bench", "--model", str(artifacts), "--precision",
@@ -53,14 +52,8 @@ def python_ort_p50(model: Path, size: int, iters: int) -> float:
     opts.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
-    for _ in range(2):
-        session.run(None, {"input": x})
-    ms = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        ms.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ms)
+    return M.time_calls(lambda: session.run(None, {"input": x}), batch=1, iters=iters, warmup=2,
+                        device=torch.device("cpu"), max_seconds=600.0).p50
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,8 @@ from export.verify import find_images_in
 
 log = logging.getLogger(__name__)
 
-METHODS = ("minmax", "entropy", "percentile")
+# --method -> onnxruntime.quantization.CalibrationMethod's member
+METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
 @contextlib.contextmanager
@@ -89,23 +90,22 @@ def quantize_int8(folder: str | Path, calibration: str | Path, num: int = 32,
             x = next(self._it, None)
             return None if x is None else {manifest.input["name"]: x}
 
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
     t0 = time.monotonic()
     with staged(folder, INT8_FILE) as tmp, _quiet_root_logger():
         quantize_static(str(src), str(tmp), Photos(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=True, calibrate_method=methods[method])
+                        per_channel=True,
+                        calibrate_method=getattr(CalibrationMethod, METHODS[method]))
         digest, nbytes = sha256_file(tmp), tmp.stat().st_size
     seconds = round(time.monotonic() - t0, 2)
     entry: dict[str, Any] = {
         "file": INT8_FILE, "format": "onnx", "precision": "int8", "device": "cpu",
         "sha256": digest, "bytes": nbytes, "dynamic": dict(fp32["dynamic"]),
-        "export_seconds": seconds, "parity": None, "opset": fp32.get("opset", 0),
+        "export_seconds": seconds, "parity": None,
         "calibration": {"source": str(calibration), "images": len(inputs), "method": method,
                         "activations": "uint8", "weights": "int8 per channel"}}
-    if not entry["opset"]:
-        del entry["opset"]
+    if "opset" in fp32:
+        entry["opset"] = fp32["opset"]
     write_manifest(with_artifact(manifest, INT8_NAME, entry), folder)
     log.info("int8: wrote %s (%.1f MB, %.1f s); recorded in %s", folder / INT8_FILE,
              nbytes / 1e6, seconds, folder / MANIFEST_NAME)

@@ -31,7 +31,6 @@ std::string library_path() {
 
 struct Runtime {
   std::string error;  // empty when the API was loaded
-  std::string version;
   std::unique_ptr<Ort::Env> env;
 };
 
@@ -55,10 +54,10 @@ Runtime& runtime() {
       rt.error = path + " is not an ONNX Runtime library (no OrtGetApiBase)";
       return;
     }
-    rt.version = base->GetVersionString();
     const OrtApi* api = base->GetApi(ORT_API_VERSION);
     if (api == nullptr) {
-      rt.error = "ONNX Runtime " + rt.version + " (" + path + ") lacks C API version " +
+      rt.error = std::string("ONNX Runtime ") + base->GetVersionString() + " (" + path +
+                 ") lacks C API version " +
                  std::to_string(ORT_API_VERSION) + ", which libcarseg was built for";
       return;
     }
@@ -146,8 +145,6 @@ bool onnx_available(std::string* why) {
   return rt.error.empty();
 }
 
-std::string onnx_runtime_version() { return onnx_available() ? runtime().version : ""; }
-
 std::unique_ptr<Backend> make_onnx_backend(const std::vector<std::uint8_t>& bytes,
                                            const std::filesystem::path& file,
                                            const torch::Device& device) {
@@ -170,8 +167,6 @@ bool onnx_available(std::string* why) {
   }
   return false;
 }
-
-std::string onnx_runtime_version() { return ""; }
 
 std::unique_ptr<Backend> make_onnx_backend(const std::vector<std::uint8_t>&,
                                            const std::filesystem::path& file,

@@ -58,8 +58,6 @@ struct TorchScriptOptions {
 /// Whether this build can run ONNX models: built with ONNX Runtime's headers, and its library
 /// loads (the first call loads it); `why` gets the reason when not.
 [[nodiscard]] bool onnx_available(std::string* why = nullptr);
-/// The loaded ONNX Runtime's version ("" when !onnx_available()).
-[[nodiscard]] std::string onnx_runtime_version();
 /// An ONNX Runtime session (CPU execution provider, intra-op threads as libtorch's) over `bytes`
 /// (the file `file`, already read and checked). Throws carseg::Error: on CUDA, without ONNX
 /// Runtime, for a model that is not fp32 [N, 3, H, W] -> one output.

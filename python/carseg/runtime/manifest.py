@@ -35,8 +35,9 @@ MAX_ARTIFACT_BYTES = 4 << 30  # libcarseg's Manifest::kMaxArtifactBytes
 
 FORMATS = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx", "aoti": "model.pt2"}
 PRECISIONS = {"fp32": "float32", "fp16": "float16"}  # a folder's: its input dtype
-# Artifact name -> (format, precision): each format's own artifact is the folder's precision;
-# onnx_int8 is the statically quantized ONNX model (`python -m export int8`), fp32 in and out.
+# The artifact names a manifest may hold: each format's own artifact (named as its format, in
+# the folder's precision), and onnx_int8, the statically quantized ONNX model
+# (`python -m export int8`, format onnx, precision int8), fp32 in and out.
 INT8_NAME, INT8_FILE = "onnx_int8", "model.int8.onnx"
 ARTIFACT_NAMES = (*FORMATS, INT8_NAME)
 
