@@ -207,8 +207,13 @@ def _verify_options(p: argparse.ArgumentParser, dir_arg: bool) -> None:
 
 
 def cmd_aoti_worker(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from export.api import aoti_worker
 
+    # A crash in the compiler or in the package it made (seen on the GPU image, fp32 and fp16:
+    # SIGSEGV after the compile) then leaves the Python stacks in the parent's message.
+    faulthandler.enable(file=sys.stderr, all_threads=False)
     info = aoti_worker(args.logdir, args.checkpoint, args.package, args.device, args.precision)
     write_atomic(args.result, json.dumps(info))
     return EXIT_OK

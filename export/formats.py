@@ -178,19 +178,30 @@ def write_onnx(model: torch.nn.Module, path: Path, size: int, device: torch.devi
     return {"dynamic": dynamic, "opset": opset}
 
 
-def _ort_runner(path: Path, device: torch.device):
-    """The reference predictor's ONNX Runtime runner; on the CPU when this onnxruntime has
-    no CUDA provider (the check is of the file, not of the provider)."""
-    from carseg.runtime.reference import load_backend
-
+def onnx_run_device(device: torch.device) -> torch.device:
+    """Where ONNX Runtime here can run a model exported for `device`: the CPU when this
+    onnxruntime has no CUDA provider (an ONNX file is the same for both; the check is of the
+    file, not of the provider). The GPU image's onnxruntime is the CPU build."""
     if device.type == "cuda":
         import onnxruntime as ort
 
+        if not torch.cuda.is_available():
+            log.warning("no CUDA device here; checking the ONNX file on the CPU")
+            return torch.device("cpu")
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            log.warning("onnxruntime has no CUDA provider here; checking the ONNX file on CPU")
-            run = load_backend(path, "onnx", "cpu")
-            return lambda x: run(x.cpu())
-    return load_backend(path, "onnx", device)
+            log.warning("onnxruntime has no CUDA provider here; checking the ONNX file on the "
+                        "CPU")
+            return torch.device("cpu")
+    return device
+
+
+def _ort_runner(path: Path, device: torch.device):
+    """The reference predictor's ONNX Runtime runner, where onnx_run_device says."""
+    from carseg.runtime.reference import load_backend
+
+    where = onnx_run_device(device)
+    run = load_backend(path, "onnx", where)
+    return run if where == device else (lambda x: run(x.to(where)))
 
 
 # ---- AOTInductor ------------------------------------------------------------------------------
@@ -220,8 +231,10 @@ def compile_aoti(model: torch.nn.Module, path: Path, size: int, device: torch.de
     with torch.no_grad():  # Inductor freezes only a graph compiled without grad
         torch._inductor.aoti_compile_and_package(ep, package_path=str(path),
                                                  inductor_configs=configs)
-    log.info("AOTInductor compile: %.1f s", time.monotonic() - t0)
+    log.info("AOTInductor compile: %.1f s (%.1f MB); loading the package to check it",
+             time.monotonic() - t0, path.stat().st_size / 1e6)
     runner = torch._inductor.aoti_load_package(str(path))
+    log.info("AOTInductor: loaded; running it on batch and H/W sizes")
     with torch.no_grad():
         dynamic = _smoke_dynamic(runner, size, device, dtype, "AOTInductor")
     return {"dynamic": dynamic}
@@ -240,7 +253,7 @@ def write_aoti(logdir: Path, checkpoint: Path, path: Path, device: torch.device,
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    tail: deque[str] = deque(maxlen=12)
+    tail: deque[str] = deque(maxlen=30)  # room for a faulthandler stack
 
     def pump(stream) -> None:
         for line in stream:

@@ -3,7 +3,8 @@
 # torch, make a small data set, train 2 epochs on the GPU (fp16 engine), export fp32 and fp16
 # artifacts (TorchScript, ONNX, AOTInductor in a child process), verify them on the GPU, run
 # the CUDA ctest and `pytest -m gpu` cases, time carseg_infer and every Python backend on CUDA,
-# and run folders of full-size JPEGs end to end. Budget: 8 minutes on an H100.
+# and run folders of full-size JPEGs end to end. Budget: 8 minutes on an H100. The first run
+# (H200, 2026-11-27) and what it found: benchmarks/results/gpu-nvidia-h200/results.md.
 #
 # On the device machine, with .whl/ and .debs/ from `bash ../shared/device/fetch-wheels.sh`
 # carried (the tool's `run`, carry [".whl", ".debs"]):
@@ -60,6 +61,7 @@ step() {
 # ---------------------------------------------------------------------------- set-up
 # The GPU image has torch (2.11, CUDA 13), pybind11, cmake, ninja, onnx, onnxruntime; the
 # rest travels as wheels (Python 3.12) and Debian packages, unpacked out of the way.
+SYSROOT_BUILD_ENV=()
 if [ -d .whl ] && ls .whl/*.whl > /dev/null 2>&1; then
   step wheels "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -67,11 +69,21 @@ fi
 if [ -d .debs ] && ls .debs/*.deb > /dev/null 2>&1; then
   mkdir -p /tmp/sysroot
   for f in .debs/*.deb; do dpkg -x "$f" /tmp/sysroot; done
-  export CMAKE_PREFIX_PATH=/tmp/sysroot/usr CPATH=/tmp/sysroot/usr/include
-  export LIBRARY_PATH=/tmp/sysroot/usr/lib/x86_64-linux-gnu
-  export LD_LIBRARY_PATH=/tmp/sysroot/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  # zlib1g-dev brings headers, a static libz.a (not built -fPIC, so it cannot go into
+  # libcarseg.so) and a libz.so link to a libz.so.1 it does not bring: point the link at the
+  # image's shared zlib and drop the static one, or ld takes libz.a and fails.
+  SYSLIB=/tmp/sysroot/usr/lib/x86_64-linux-gnu
+  rm -f "$SYSLIB/libz.a"
+  for z in /usr/lib/x86_64-linux-gnu/libz.so.1 /lib/x86_64-linux-gnu/libz.so.1; do
+    [ -e "$z" ] && ln -sf "$z" "$SYSLIB/libz.so" && break
+  done
+  # The headers and link paths serve carseg's build alone (build() below), not Inductor's
+  # own C++ compiles; the run-time path (libturbojpeg) serves every step.
+  SYSROOT_BUILD_ENV=(CMAKE_PREFIX_PATH=/tmp/sysroot/usr CPATH=/tmp/sysroot/usr/include
+                     LIBRARY_PATH=$SYSLIB)
+  export LD_LIBRARY_PATH=$SYSLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1  # no network there: no version check
 step environment "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__,
   'cuda', torch.version.cuda, 'available', torch.cuda.is_available());
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
@@ -79,7 +91,8 @@ if [ "$DEVICE" = cuda ]; then nvidia-smi >> "$LOG" 2>&1; fi
 
 # carseg against this torch: the C++ core, carseg_infer, the bindings and the GoogleTests.
 build() {
-  "$PY" -m pip install --no-build-isolation --no-deps -e . \
+  rm -f build/gpu-check/CMakeCache.txt  # a warm machine's earlier configure may be stale
+  env "${SYSROOT_BUILD_ENV[@]}" "$PY" -m pip install --no-build-isolation --no-deps -e . \
     --config-settings=build-dir=build/gpu-check \
     --config-settings=cmake.define.CARSEG_BUILD_TESTS=ON
 }
@@ -104,10 +117,13 @@ step data bash -c "${CARSEG[*]} synth --out $WORK/data --num $NUM --size 320x480
 # 256 px; on CUDA the config's auto_engine picks GPUEngine(mixed_precision=fp16).
 step train "${CARSEG[@]}" train --data "$WORK/data" --logdir "$WORK/logs" --epochs "$EPOCHS" \
   --image-size 256
-step export_fp32 "$PY" -m export all --logdir "$WORK/logs" --out "$WORK/art32" --device "$DEVICE"
+# TorchScript and ONNX first (seconds); the AOTInductor package (a minute or more of compile,
+# and a crash on the first GPU run) comes after the tests, in its own step.
+step export_fp32 "$PY" -m export all --logdir "$WORK/logs" --out "$WORK/art32" --device "$DEVICE" \
+  --formats torchscript,onnx
 if [ "$DEVICE" = cuda ]; then
   step export_fp16 "$PY" -m export all --logdir "$WORK/logs" --out "$WORK/art16" \
-    --device cuda --precision fp16
+    --device cuda --precision fp16 --formats torchscript,onnx
   ART16=$WORK/art16
 else
   echo "=== export_fp16: skipped on the CPU (fp16 artifacts are for CUDA)" | tee -a "$LOG"
@@ -171,24 +187,41 @@ from benchmarks import seed_script  # the seed tutorial's way: cv2, albumentatio
 files = sorted(photos.glob("*.jpg"))[:64]  # the seed's way is slow: 64 photos tell its rate
 seed = seed_script.run(work / "art32", files, work / "seed_out", device=device)
 json.dump({"images": rep["succeeded"], "carseg_infer_images_per_s": rep["images_per_second"],
-           "seed_script": seed, "cold_start_s": cold, "device": device,
+           "seconds": rep["seconds"], "stages": rep.get("stages"), "seed_script": seed, "cold_start_s": cold, "device": device,
            "photo_size": "1918x1280"}, open(out, "w"), indent=1)
 print(open(out).read())
 PY
 }
 step e2e e2e
 
-# The same model through every Python backend, the anchors among them (eager fp32,
-# torch.compile + CUDA graphs fp16), in this run.
-OPTIONAL=1 step bench_py "$PY" -m benchmarks --artifacts "$WORK/art32" --device "$DEVICE" \
-  --sizes 256 --batches "$BATCHES" --iters "$ITERS" --out "$WORK/bench_py"
-cp "$WORK/bench_py/results.json" "$OUT/bench_py.json" 2>/dev/null
-
 # ---------------------------------------------------------------------------- tests
 # ctest of the CMake that configured the build (pip's, beside the Python), not an older one
 CTEST=$BIN/ctest; [ -x "$CTEST" ] || CTEST=ctest
 OPTIONAL=1 step ctest "$CTEST" --test-dir "$BUILD" --output-on-failure -j4 -R "Cuda|Pipeline|Predictor"
-OPTIONAL=1 step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu -x tests
+OPTIONAL=1 step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
+
+# ---------------------------------------------------------------------------- AOTInductor
+# The fast path: an AOTInductor package for this device and precision, compiled in a child
+# process (faulthandler on: a crash leaves its Python stack in log.txt), then timed in C++.
+aoti_bench() {
+  "$INFER" bench --model "$CPP_ART" --backend aoti --device "$DEVICE" --precision "$CPP_PREC" \
+    --size 256 --batch "$BATCHES" --iters "$ITERS" --warmup "$WARMUP" \
+    --json "$WORK/bench_aoti_256.json" &&
+  "$INFER" bench --model "$CPP_ART" --backend aoti --device "$DEVICE" --precision "$CPP_PREC" \
+    --size 1280x1920 --batch 1 --iters "$((ITERS / 4 + 3))" --warmup 2 \
+    --json "$WORK/bench_aoti_1280x1920.json" &&
+  "$PY" -c "import json; json.dump({k: json.load(open(f'$WORK/bench_aoti_{k}.json'))
+    for k in ('256', '1280x1920')}, open('$WORK/bench_cpp_aoti.json', 'w'), indent=1)"
+}
+OPTIONAL=1 step aoti "$PY" -m export aoti --logdir "$WORK/logs" --out "$CPP_ART" \
+  --device "$DEVICE" --precision "$CPP_PREC" &&
+  OPTIONAL=1 step bench_cpp_aoti aoti_bench
+
+# The same model through every Python backend, the anchors among them (eager fp32,
+# torch.compile + CUDA graphs fp16), in this run; batches 1 and the largest only.
+OPTIONAL=1 step bench_py "$PY" -m benchmarks --artifacts "$WORK/art32" --device "$DEVICE" \
+  --sizes 256 --batches "1,${BATCHES##*,}" --iters "$((ITERS / 2))" --out "$WORK/bench_py"
+cp "$WORK/bench_py/results.json" "$OUT/bench_py.json" 2>/dev/null
 
 # ---------------------------------------------------------------------------- the results
 step summary "$PY" benchmarks/gpu/summarize.py "$OUT" "$WORK"
