@@ -206,6 +206,14 @@ py::dict report_dict(const carseg::PipelineReport& report) {
   out["seconds"] = report.seconds;
   out["succeeded"] = report.succeeded();
   out["failed"] = report.failed();
+  py::dict stages;
+  stages["decode_s"] = report.stages.decode;
+  stages["infer_s"] = report.stages.infer;
+  stages["infer_wait_s"] = report.stages.infer_wait;
+  stages["infer_blocked_s"] = report.stages.infer_blocked;
+  stages["encode_s"] = report.stages.encode;
+  stages["workers"] = report.workers;
+  out["stages"] = stages;
   return out;
 }
 

@@ -171,6 +171,13 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   detail::ByteBudget budget(opt.max_bytes_in_flight);
   std::atomic<std::size_t> next{0}, finished{0}, failed{0};
   std::atomic<int> decoders_left{opt.workers};
+  // Busy time per stage, in nanoseconds summed over its threads (PipelineReport::stages).
+  std::atomic<std::int64_t> decode_ns{0}, encode_ns{0};
+  std::int64_t infer_ns = 0, infer_wait_ns = 0, infer_blocked_ns = 0;
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+  };
 
   auto fail = [&](std::size_t i, const std::exception& e) {
     report.results[i].ok = false;
@@ -204,9 +211,11 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
       std::int64_t reserved = 0;
       try {
         if (!refused[i].empty()) throw std::runtime_error(refused[i]);
+        auto t0 = Clock::now();
         const std::vector<std::uint8_t> bytes = read_file(photos[i]);
         const ImageInfo info = peek_image(bytes, photos[i].string(), opt.max_pixels);
         refuse_early(i, info);
+        decode_ns += since(t0);
         // The photo's pixels, its mask and its matte: 5 bytes a pixel, reserved before decoding.
         const std::int64_t need = 5LL * info.width * info.height;
         if (!budget.acquire(need)) return;  // the run was abandoned
@@ -214,7 +223,9 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         Item item;
         item.index = i;
         item.reserved = need;
+        t0 = Clock::now();
         item.image = decode_image(bytes, photos[i].string(), opt.max_pixels, buffers.take());
+        decode_ns += since(t0);
         reserved = 0;  // the item carries it now
         if (!decoded.push(std::move(item))) return;  // the run was abandoned
       } catch (const std::exception& e) {
@@ -231,6 +242,7 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
       if (items.empty()) return;
       Item& item = items[0];
       const std::size_t i = item.index;
+      const auto t0 = Clock::now();
       try {
         if (item.logits.defined()) {  // refinement and resizing here, beside the next forward pass
           const torch::Tensor photo = torch::from_blob(item.image.pixels.data(),
@@ -276,6 +288,7 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         budget.release(item.reserved);
         fail(i, e);
       }
+      encode_ns += since(t0);
     }
   };
 
@@ -300,8 +313,11 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   for (int w = 0; w < opt.workers; ++w) threads.emplace_back(encode);
 
   for (;;) {
+    auto t0 = Clock::now();
     std::vector<Item> items = decoded.pop_up_to(batch);
+    infer_wait_ns += since(t0);
     if (items.empty()) break;
+    t0 = Clock::now();
     std::vector<torch::Tensor> images;
     images.reserve(items.size());
     for (Item& it : items) {
@@ -324,9 +340,13 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         } else {
           items[k].logits = std::move(logits[k]);
         }
-        inferred.push(std::move(items[k]));
       }
+      infer_ns += since(t0);
+      t0 = Clock::now();
+      for (Item& it : items) inferred.push(std::move(it));
+      infer_blocked_ns += since(t0);
     } catch (const std::exception& e) {
+      infer_ns += since(t0);
       for (const Item& it : items) {
         budget.release(it.reserved);
         fail(it.index, e);
@@ -337,6 +357,10 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   inferred.close();
   for (auto& t : threads) t.join();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.workers = opt.workers;
+  auto secs = [](std::int64_t ns) { return static_cast<double>(ns) * 1e-9; };
+  report.stages = {secs(decode_ns.load()), secs(infer_ns), secs(infer_wait_ns), secs(infer_blocked_ns),
+                   secs(encode_ns.load())};
   if (opt.progress) opt.progress(finished.load(), n, failed.load(), true);
   return report;
 }

@@ -166,8 +166,16 @@ int cmd_infer(int argc, char** argv) {
             << " images segmented in " << std::fixed << std::setprecision(2) << r.seconds << " s ("
             << std::setprecision(1) << r.images_per_second() << " img/s) -> " << output.string()
             << "\n";
+  const carseg::StageSeconds& st = r.stages;
+  std::cerr << "carseg_infer: busy seconds (summed over threads): decode " << std::setprecision(2)
+            << st.decode << " on " << r.workers << ", model " << st.infer << " (waited " << st.infer_wait
+            << " for photos, " << st.infer_blocked << " for the encoders), encode " << st.encode << " on "
+            << r.workers << "\n";
   if (report) {
     json j = common.describe(*predictor);
+    j["stages"] = {{"decode_s", st.decode}, {"infer_s", st.infer}, {"infer_wait_s", st.infer_wait},
+                   {"infer_blocked_s", st.infer_blocked}, {"encode_s", st.encode},
+                   {"workers", r.workers}};
     j.update({{"command", "infer"}, {"ok", r.failed() == 0}, {"threshold", predictor->threshold()},
               {"batch", opt.batch},
               {"background", opt.cutout ? json(opt.cutout->describe()) : json(nullptr)},

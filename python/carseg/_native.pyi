@@ -136,11 +136,21 @@ class PhotoResult(TypedDict):
     matte: str | None  # NAME_alpha.png, with matte=True
     foreground: float  # share of the photo's pixels that are car
 
+class StageSeconds(TypedDict):
+    """Busy seconds summed over each stage's threads: where a run's time went."""
+    decode_s: float  # reading and decoding, on `workers` threads
+    infer_s: float  # the model (and on CUDA the matte), on the calling thread
+    infer_wait_s: float  # the model's thread waiting for decoded photos
+    infer_blocked_s: float  # the model's thread waiting for room in the encoders' queue
+    encode_s: float  # matte on the CPU, encoding and writing, on `workers` threads
+    workers: int
+
 class PipelineReport(TypedDict):
     results: list[PhotoResult]  # one a photo, in the order given
     seconds: float
     succeeded: int
     failed: int
+    stages: StageSeconds
 
 class Pipeline:
     """libcarseg's folder pipeline over a Predictor: what carseg_infer runs.

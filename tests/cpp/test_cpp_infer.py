@@ -67,6 +67,10 @@ def test_folder_with_bad_files_exit_1_and_report(fixtures: Path, photos: Path,
     rep = json.loads(report.read_text())
     assert rep["inputs"] == 7 and rep["succeeded"] == 3 and rep["failed"] == 4
     assert sorted(Path(e["file"]).name for e in rep["errors"]) == sorted(BAD_PHOTOS)
+    st = rep["stages"]  # where the time went, also said on stderr
+    assert st["decode_s"] > 0 and st["infer_s"] > 0 and st["encode_s"] > 0
+    assert st["infer_s"] + st["infer_wait_s"] + st["infer_blocked_s"] <= rep["seconds"]
+    assert "busy seconds (summed over threads): decode" in r.stderr
     for name, (h, w) in (("photo_480x640", (480, 640)), ("photo_37x53", (37, 53))):
         mask = np.asarray(Image.open(out / f"{name}_mask.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}

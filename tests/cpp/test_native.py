@@ -586,6 +586,13 @@ def test_pipeline_binding_runs_libcarsegs_folder_pipeline(predictor, jpegs: list
     assert [r["input"] for r in report["results"]] == [str(p) for p in inputs]
     assert report["succeeded"] == len(jpegs) and report["failed"] == len(bad)
     assert calls and calls[-1] == (len(inputs), len(inputs), len(bad), True)
+    # where the time went: every stage did work, and the model's thread (one thread: its work
+    # and its two waits) was busy no longer than the run lasted
+    st = report["stages"]
+    assert st["workers"] == 1
+    assert st["decode_s"] > 0 and st["infer_s"] > 0 and st["encode_s"] > 0
+    assert st["infer_s"] + st["infer_wait_s"] + st["infer_blocked_s"] <= report["seconds"]
+    assert st["decode_s"] <= report["seconds"] and st["encode_s"] <= report["seconds"]
     for r in report["results"]:
         name = Path(r["input"]).name
         if name in bad:

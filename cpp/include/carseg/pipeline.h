@@ -77,9 +77,24 @@ struct PhotoResult {
   double foreground = 0;         // share of the photo's pixels that are car
 };
 
+/// Where a run's time went, in seconds summed over the threads of each stage: reading and
+/// decoding (decode workers), the model and, on CUDA, the matte (the calling thread), matte on
+/// the CPU, encoding and writing (encode workers); and how long the model's thread waited for
+/// decoded photos (infer_wait) and for room in the encoders' queue (infer_blocked). A run
+/// whose infer_wait is most of its time is bound by decoding; by encoding, infer_blocked.
+struct StageSeconds {
+  double decode = 0;
+  double infer = 0;
+  double infer_wait = 0;
+  double infer_blocked = 0;
+  double encode = 0;
+};
+
 struct PipelineReport {
   std::vector<PhotoResult> results;  // in the order of the inputs
   double seconds = 0;
+  StageSeconds stages;
+  int workers = 0;  // decode workers, and as many encode workers
   [[nodiscard]] std::size_t succeeded() const;
   [[nodiscard]] std::size_t failed() const { return results.size() - succeeded(); }
   [[nodiscard]] double images_per_second() const;
