@@ -116,7 +116,13 @@ def main(argv: list[str]) -> int:
         met = v <= target if better == "lower" else v >= target
         lines.append(f"| {label} | {v:.4g} {unit} | {'<=' if better == 'lower' else '>='} "
                      f"{target} {unit} | {'yes' if met else 'NO'} |")
-    stages = (_load(out / "e2e.json") or {}).get("stages")
+    e2e = _load(out / "e2e.json") or {}
+    w14 = e2e.get("workers_14") or {}
+    if w14.get("images_per_second"):
+        lines += ["", f"End to end with 14 decode and 14 encode workers: "
+                  f"{w14['images_per_second']:.1f} img/s (the target row: "
+                  f"{(e2e.get('stages') or {}).get('workers', '?')} a side)."]
+    stages = e2e.get("stages")
     if stages:
         lines += ["", "End to end, where the time went (busy seconds summed over each stage's "
                   f"threads; {stages['workers']} decode and {stages['workers']} encode "
