@@ -220,6 +220,7 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
   const int ch = backdrop.channels();
   const auto back = backdrop.pixels(photo.width, photo.height);
   const std::uint8_t* colour = backdrop.colour().data();
+  const bool grey = colour[0] == colour[1] && colour[1] == colour[2];
   auto u8 = [](float v) {
     const float s = v * 255.0F + 0.5F;
     return s <= 0 ? std::uint8_t{0} : s >= 255 ? std::uint8_t{255} : static_cast<std::uint8_t>(s);
@@ -246,6 +247,8 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
           if (out != px) std::memmove(out, px, 3 * n);
         } else if (back) {
           std::memcpy(out, back->data() + 3 * (row + x), 3 * n);
+        } else if (grey) {  // white, black, any grey: one byte value
+          std::memset(out, colour[0], 3 * n);
         } else {
           for (std::size_t k = 0; k < n; ++k) {
             out[3 * k] = colour[0], out[3 * k + 1] = colour[1], out[3 * k + 2] = colour[2];

@@ -225,27 +225,57 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
   std::uint8_t* alpha = m.alpha.data_ptr<std::uint8_t>();
   std::vector<Tap> xs(static_cast<std::size_t>(W));
   for (int x = 0; x < W; ++x) xs[static_cast<std::size_t>(x)] = tap(x, w, W);
+  // The runs of columns that share a left coefficient sample, the same for every row: found
+  // once here rather than by scanning each row's taps (a quarter of this function's time).
+  struct Run {
+    int x0, x1, j;
+  };
+  std::vector<Run> runs;
+  for (int x = 0; x < W;) {
+    const int j = xs[static_cast<std::size_t>(x)].i0;
+    int end = x + 1;
+    while (end < W && xs[static_cast<std::size_t>(end)].i0 == j) ++end;
+    runs.push_back({x, end, j});
+    x = end;
+  }
+  // The four coefficient planes interpolated along y for the current row, made once a row and
+  // only for a row with pixels to compute: each such pixel then interpolates along x alone.
+  std::vector<float> along_y(4 * static_cast<std::size_t>(w));
   std::size_t computed = 0;
   for (int y = 0; y < H; ++y) {
     const Tap ty = tap(y, h, H);
     const std::size_t row = static_cast<std::size_t>(y) * W;
-    for (int x = 0; x < W;) {
-      const int j = xs[static_cast<std::size_t>(x)].i0;
-      int end = x + 1;
-      while (end < W && xs[static_cast<std::size_t>(end)].i0 == j) ++end;
-      const std::uint8_t st = state[static_cast<std::size_t>(ty.i0) * w + j];
+    bool row_ready = false;
+    const std::uint8_t* row_state = state.data() + static_cast<std::size_t>(ty.i0) * w;
+    for (const Run& run : runs) {
+      const int x = run.x0, end = run.x1;
+      const std::uint8_t st = row_state[run.j];
       if (st != 2) {
         std::memset(mask + row + x, st, static_cast<std::size_t>(end - x));
         std::memset(alpha + row + x, st ? 255 : 0, static_cast<std::size_t>(end - x));
       } else {
         computed += static_cast<std::size_t>(end - x);
+        if (!row_ready) {
+          for (int c = 0; c < 4; ++c) {
+            const float* r0 = C + c * plane + static_cast<std::size_t>(ty.i0) * w;
+            const float* r1 = C + c * plane + static_cast<std::size_t>(ty.i1) * w;
+            float* out = along_y.data() + static_cast<std::size_t>(c) * w;
+            for (int k = 0; k < w; ++k) out[k] = ty.l0 * r0[k] + ty.l1 * r1[k];
+          }
+          row_ready = true;
+        }
+        const float* A0 = along_y.data();
+        const float* A1 = A0 + w;
+        const float* A2 = A1 + w;
+        const float* B = A2 + w;
         for (int xx = x; xx < end; ++xx) {
           const Tap& tx = xs[static_cast<std::size_t>(xx)];
           const std::uint8_t* px = rgb + 3 * (row + xx);
-          float q = lerp2(C, w, ty, tx) * (static_cast<float>(px[0]) / 255.0F);
-          q += lerp2(C + plane, w, ty, tx) * (static_cast<float>(px[1]) / 255.0F);
-          q += lerp2(C + 2 * plane, w, ty, tx) * (static_cast<float>(px[2]) / 255.0F);
-          q += lerp2(C + 3 * plane, w, ty, tx);
+          auto lerp = [&tx](const float* r) { return tx.l0 * r[tx.i0] + tx.l1 * r[tx.i1]; };
+          float q = lerp(A0) * (static_cast<float>(px[0]) / 255.0F);
+          q += lerp(A1) * (static_cast<float>(px[1]) / 255.0F);
+          q += lerp(A2) * (static_cast<float>(px[2]) / 255.0F);
+          q += lerp(B);
           // Above 127 exactly where the mask is set (refine.alpha_u8).
           const std::uint8_t a = to_u8(std::clamp((q - t) / s + 0.5F, 0.0F, 1.0F));
           const bool car = q > t;
@@ -253,7 +283,6 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
           alpha[row + xx] = car ? std::max<std::uint8_t>(a, 128) : std::min<std::uint8_t>(a, 127);
         }
       }
-      x = end;
     }
   }
   if (undecided) *undecided = static_cast<double>(computed) / (static_cast<double>(H) * W);
