@@ -75,10 +75,15 @@ def measure(out: Path, work: Path) -> tuple[dict[str, float | None], dict[str, s
         if (r := _row(cpp.get("1280x1920"), 1)) is not None:
             keep("b1_1280x1920", r["p50_ms"], backend)
     if e2e:
-        got["e2e"] = e2e.get("carseg_infer_images_per_s")
+        # the better of the two worker counts the check runs (6 and 14 a side)
+        runs = {"6 workers": e2e.get("carseg_infer_images_per_s"),
+                "14 workers": (e2e.get("workers_14") or {}).get("images_per_second")}
+        for label, rate in runs.items():
+            if rate:
+                keep("e2e", rate, label)
         seed = (e2e.get("seed_script") or {}).get("images_per_s")
         if got["e2e"] and seed:
-            got["e2e_vs_seed"] = got["e2e"] / seed
+            got["e2e_vs_seed"], by["e2e_vs_seed"] = got["e2e"] / seed, by["e2e"]
         got["cold_start"] = e2e.get("cold_start_s")
     manifest = _load(work / "art16" / "manifest.json")
     if manifest:
@@ -118,10 +123,10 @@ def main(argv: list[str]) -> int:
                      f"{target} {unit} | {'yes' if met else 'NO'} |")
     e2e = _load(out / "e2e.json") or {}
     w14 = e2e.get("workers_14") or {}
-    if w14.get("images_per_second"):
-        lines += ["", f"End to end with 14 decode and 14 encode workers: "
-                  f"{w14['images_per_second']:.1f} img/s (the target row: "
-                  f"{(e2e.get('stages') or {}).get('workers', '?')} a side)."]
+    if w14.get("images_per_second") and e2e.get("carseg_infer_images_per_s"):
+        lines += ["", f"End to end by workers a side (decode and encode): 6 "
+                  f"{e2e['carseg_infer_images_per_s']:.1f} img/s, 14 "
+                  f"{w14['images_per_second']:.1f} img/s; the target rows take the better."]
     stages = e2e.get("stages")
     if stages:
         lines += ["", "End to end, where the time went (busy seconds summed over each stage's "
