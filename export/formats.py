@@ -182,16 +182,16 @@ def onnx_run_device(device: torch.device) -> torch.device:
     """Where ONNX Runtime here can run a model exported for `device`: the CPU when this
     onnxruntime has no CUDA provider (an ONNX file is the same for both; the check is of the
     file, not of the provider). The GPU image's onnxruntime is the CPU build."""
-    if device.type == "cuda":
-        import onnxruntime as ort
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        log.warning("no CUDA device here; checking the ONNX file on the CPU")
+        return torch.device("cpu")
+    import onnxruntime as ort
 
-        if not torch.cuda.is_available():
-            log.warning("no CUDA device here; checking the ONNX file on the CPU")
-            return torch.device("cpu")
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            log.warning("onnxruntime has no CUDA provider here; checking the ONNX file on the "
-                        "CPU")
-            return torch.device("cpu")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        log.warning("onnxruntime has no CUDA provider here; checking the ONNX file on the CPU")
+        return torch.device("cpu")
     return device
 
 

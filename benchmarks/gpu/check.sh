@@ -139,15 +139,28 @@ if [ -n "$ART16" ]; then
 else
   CPP_ART=$WORK/art32; CPP_PREC=fp32
 fi
+# bench_sizes BACKEND: carseg_infer bench of the fp16 (CPU: fp32) folder at 256x256 (the
+# batches) and 1280x1920 (batch 1), into WORK/bench_BACKEND_{256,1280x1920}.json.
+bench_sizes() {
+  local backend=$1
+  "$INFER" bench --model "$CPP_ART" --backend "$backend" --device "$DEVICE" \
+    --precision "$CPP_PREC" --size 256 --batch "$BATCHES" --iters "$ITERS" --warmup "$WARMUP" \
+    --json "$WORK/bench_${backend}_256.json" &&
+  "$INFER" bench --model "$CPP_ART" --backend "$backend" --device "$DEVICE" \
+    --precision "$CPP_PREC" --size 1280x1920 --batch 1 --iters "$((ITERS / 4 + 3))" --warmup 2 \
+    --json "$WORK/bench_${backend}_1280x1920.json"
+}
+# merge_json OUT KEY=FILE...: one JSON object of the files' contents under their keys
+merge_json() {
+  "$PY" -c "import json, sys; json.dump({k: json.load(open(f)) for k, f in
+    (a.split('=', 1) for a in sys.argv[2:])}, open(sys.argv[1], 'w'), indent=1)" "$@"
+}
 bench_cpp() {
-  "$INFER" bench --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" --size 256 \
-    --batch "$BATCHES" --iters "$ITERS" --warmup "$WARMUP" --json "$WORK/bench_256.json" &&
-  "$INFER" bench --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" --size 1280x1920 \
-    --batch 1 --iters "$((ITERS / 4 + 3))" --warmup 2 --json "$WORK/bench_1280x1920.json" &&
+  bench_sizes auto &&
   "$INFER" bench --model "$WORK/art32" --device "$DEVICE" --size 256 --batch 1 \
     --iters "$ITERS" --warmup "$WARMUP" --json "$WORK/bench_256_fp32.json" &&
-  "$PY" -c "import json, sys; json.dump({k: json.load(open(f'$WORK/bench_{k}.json'))
-    for k in ('256', '1280x1920', '256_fp32')}, open('$OUT/bench_cpp.json', 'w'), indent=1)"
+  merge_json "$OUT/bench_cpp.json" 256="$WORK/bench_auto_256.json" \
+    1280x1920="$WORK/bench_auto_1280x1920.json" 256_fp32="$WORK/bench_256_fp32.json"
 }
 step bench_cpp bench_cpp
 
@@ -212,14 +225,9 @@ OPTIONAL=1 step pytest_gpu "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
 # The fast path: an AOTInductor package for this device and precision, compiled in a child
 # process (faulthandler on: a crash leaves its Python stack in log.txt), then timed in C++.
 aoti_bench() {
-  "$INFER" bench --model "$CPP_ART" --backend aoti --device "$DEVICE" --precision "$CPP_PREC" \
-    --size 256 --batch "$BATCHES" --iters "$ITERS" --warmup "$WARMUP" \
-    --json "$WORK/bench_aoti_256.json" &&
-  "$INFER" bench --model "$CPP_ART" --backend aoti --device "$DEVICE" --precision "$CPP_PREC" \
-    --size 1280x1920 --batch 1 --iters "$((ITERS / 4 + 3))" --warmup 2 \
-    --json "$WORK/bench_aoti_1280x1920.json" &&
-  "$PY" -c "import json; json.dump({k: json.load(open(f'$WORK/bench_aoti_{k}.json'))
-    for k in ('256', '1280x1920')}, open('$WORK/bench_cpp_aoti.json', 'w'), indent=1)"
+  bench_sizes aoti &&
+  merge_json "$WORK/bench_cpp_aoti.json" 256="$WORK/bench_aoti_256.json" \
+    1280x1920="$WORK/bench_aoti_1280x1920.json"
 }
 OPTIONAL=1 step aoti "$PY" -m export aoti --logdir "$WORK/logs" --out "$CPP_ART" \
   --device "$DEVICE" --precision "$CPP_PREC" &&

@@ -46,12 +46,12 @@ def _row(bench: dict[str, Any] | None, batch: int | None = None, graphs: bool = 
     return rows[0] if rows else None
 
 
-def _cpp_benches(out: Path, work: Path) -> dict[str, dict[str, Any]]:
-    """carseg_infer's bench results per backend: TorchScript (OUT/bench_cpp.json) and, where
-    the check made a CUDA AOTInductor package, AOTInductor (WORK/bench_cpp_aoti.json)."""
-    found = {"torchscript": _load(out / "bench_cpp.json"),
-             "aoti": _load(work / "bench_cpp_aoti.json")}
-    return {k: v for k, v in found.items() if v}
+def _cpp_benches(out: Path, work: Path) -> list[tuple[str, dict[str, Any]]]:
+    """carseg_infer's bench results, each with the backend it ran on (as it reported it):
+    the default backend's (OUT/bench_cpp.json) and, where the check made an AOTInductor
+    package, AOTInductor's (WORK/bench_cpp_aoti.json)."""
+    found = (_load(out / "bench_cpp.json"), _load(work / "bench_cpp_aoti.json"))
+    return [((b.get("256") or {}).get("backend", "?"), b) for b in found if b]
 
 
 def measure(out: Path, work: Path) -> tuple[dict[str, float | None], dict[str, str]]:
@@ -65,7 +65,7 @@ def measure(out: Path, work: Path) -> tuple[dict[str, float | None], dict[str, s
         if got[key] is None or (value < got[key] if lower else value > got[key]):
             got[key], by[key] = value, backend
 
-    for backend, cpp in _cpp_benches(out, work).items():
+    for backend, cpp in _cpp_benches(out, work):
         b256 = cpp.get("256")
         if (r := _row(b256, 1)) is not None:
             keep("b1_256", r["p50_ms"], backend)

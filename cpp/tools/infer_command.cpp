@@ -64,7 +64,7 @@ int cmd_infer(int argc, char** argv) {
   fs::path output;
   std::optional<fs::path> report;
   carseg::PipelineOptions opt;
-  bool workers_given = false;
+  opt.workers = std::clamp(carseg::available_cpus(), 1, 8);  // --workers overrides it
   const bool run = parse_flags(args, common, "infer", kInferHelp, [&](const std::string& flag) {
     if (flag == "--input") {
       for (const auto& v : args.values(flag, /*many=*/true)) inputs.emplace_back(v);
@@ -95,7 +95,6 @@ int cmd_infer(int argc, char** argv) {
       opt.jpeg_quality = static_cast<int>(args.integer(flag, 1, 100));
     } else if (flag == "--workers") {
       opt.workers = static_cast<int>(args.integer(flag, 1, 256));
-      workers_given = true;
     } else if (flag == "--report") {
       report = fs::path(args.value(flag));
     } else if (flag == "--overwrite") {
@@ -108,7 +107,6 @@ int cmd_infer(int argc, char** argv) {
     return true;
   });
   if (!run) return kExitOk;
-  if (!workers_given) opt.workers = std::clamp(carseg::available_cpus(), 1, 8);
   if (common.model.empty()) throw UsageError("infer: --model is required");
   if (common.threads.size() > 1) throw UsageError("infer: --threads takes one number");
   if (inputs.empty()) throw UsageError("infer: --input is required");
