@@ -130,8 +130,7 @@ TEST(FastPredictor, AgreesWithPythonReference) {
   o.onednn_fusion = true;
   o.backend = carseg::BackendKind::kTorchScript;
   const carseg::Predictor predictor(fixtures() / "model", o);
-  std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   // Three rounds: the first calls run the profiling executor, later ones the fused graph.
   for (int round = 0; round < 3; ++round) {
     const std::vector<torch::Tensor> masks = predictor.predict_batch(images);

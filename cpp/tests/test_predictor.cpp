@@ -26,8 +26,7 @@ TEST(Predictor, BatchMatchesPythonReference) {
   const carseg::Predictor predictor(fixtures() / "model", carseg::test::unrefined());
   EXPECT_EQ(predictor.backend_name(), "torchscript");
   EXPECT_DOUBLE_EQ(predictor.threshold(), c["threshold"].get<double>());
-  std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   const std::vector<torch::Tensor> masks = predictor.predict_batch(images);
   const std::vector<torch::Tensor> logits = predictor.predict_logits(images);
   ASSERT_EQ(masks.size(), images.size());
@@ -166,8 +165,7 @@ TEST(PredictorCuda, MatchesCpuAndCapturesGraphs) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   carseg::PredictorOptions o = carseg::test::unrefined();
   o.device = "cuda";
   const carseg::Predictor fp32(fixtures() / "model", o);
@@ -190,8 +188,7 @@ TEST(PredictorCuda, RefinementOnTheGpuMatchesTheCpu) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(carseg::test::png_photo(e));
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   carseg::PredictorOptions o;  // refinement on, as the manifest says
   const auto cpu = carseg::Predictor(fixtures() / "model", o).predict_batch(images);
   o.device = "cuda";

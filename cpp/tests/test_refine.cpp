@@ -36,8 +36,7 @@ TEST(Refine, PredictorMatchesThePythonReference) {
   const carseg::Predictor predictor(fixtures() / "model");
   ASSERT_TRUE(predictor.refine().has_value());
   EXPECT_DOUBLE_EQ(predictor.refine()->radius, 4.0);
-  std::vector<torch::Tensor> images;
-  for (const auto& e : c["images"]) images.push_back(png_photo(e));
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   const std::vector<carseg::Matte> mattes = predictor.predict_mattes(images);
   const std::vector<torch::Tensor> masks = predictor.predict_batch(images);
   for (std::size_t i = 0; i < images.size(); ++i) {

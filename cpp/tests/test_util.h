@@ -102,6 +102,13 @@ inline torch::Tensor png_photo(const nlohmann::json& e) {
                           torch::kUInt8).clone();
 }
 
+/// Every fixture image of `cases` (its "images" list), in order, as png_photo gives them.
+inline std::vector<torch::Tensor> png_photos(const nlohmann::json& cases) {
+  std::vector<torch::Tensor> images;
+  for (const auto& e : cases["images"]) images.push_back(png_photo(e));
+  return images;
+}
+
 /// The Python reference predictor's mask for fixture image `e`: uint8 [H, W].
 inline torch::Tensor ref_mask(const nlohmann::json& e) {
   std::vector<std::uint8_t> m =
