@@ -15,6 +15,19 @@ from helpers import tiny_run_config  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _inductor_cache_in_basetemp(tmp_path_factory: pytest.TempPathFactory):
+    """Inductor's compile cache (AOTI packages, torch.compile) in this run's basetemp, which a
+    passing run deletes, instead of a /tmp/torchinductor_<user> that grows run after run."""
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path_factory.mktemp("inductor_cache"))
+    yield
+    if old is None:
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    else:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """24 synthetic photos (160x240) of 3 cars, with dataset_train/valid.csv."""

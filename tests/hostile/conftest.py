@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import jpeg_with_scans
+from helpers import jpeg_with_scans, manifest_variant
 from PIL import Image
 
 
@@ -23,8 +23,7 @@ def hostile_manifests(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFac
     root = tmp_path_factory.mktemp("hostile_manifests")
 
     def folder(name: str, text: str) -> Path:
-        d = root / name
-        shutil.copytree(tiny_artifacts, d)
+        d = manifest_variant(tiny_artifacts, root / name)
         (d / "manifest.json").write_text(text)
         return d
 
