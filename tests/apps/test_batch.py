@@ -119,3 +119,54 @@ def test_unwritable_output_is_a_clear_error(photos: Path, tiny_artifacts: Path,
                           timeout=120)
     assert proc.returncode == 2
     assert "cannot create the output folder (a file is in the way)" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["init", "shutdown"])
+def test_a_signal_that_ray_swallows_still_stops_the_job(where: str, photos: Path,
+                                                        tiny_artifacts: Path, tmp_path: Path,
+                                                        monkeypatch) -> None:
+    """A SIGINT whose KeyboardInterrupt Ray's own code catches (seen: a Ctrl-C while Ray
+    started, and the job ran to the end and exited 0) still ends the job as interrupted, and
+    the Ray it started is shut down."""
+    import ray
+
+    from carseg.apps.batch import run_batch
+
+    calls: list[str] = []
+
+    def swallowing(step: str):
+        def fake(*args, **kwargs) -> None:
+            calls.append(step)
+            if step == where:
+                try:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)  # the handler runs here, between bytecodes
+                except KeyboardInterrupt:
+                    pass  # what Ray did with it
+        return fake
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", swallowing("init"))
+    monkeypatch.setattr(ray, "shutdown", swallowing("shutdown"))
+    monkeypatch.setattr(ray.data, "from_items", lambda *a, **k: _NoRows())  # no Ray needed
+    saved = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            run_batch([photos], tiny_artifacts, tmp_path / "out", handle_signals=True)
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+    assert calls == ["init", "shutdown"]
+    assert not list((tmp_path / "out").glob("*_mask.png"))
+
+
+class _NoRows:
+    """A stand-in Ray Data dataset whose every step gives itself, and no rows."""
+
+    def map(self, *args, **kwargs) -> _NoRows:
+        return self
+
+    map_batches = map
+
+    def iter_rows(self):
+        return iter(())

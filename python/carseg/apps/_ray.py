@@ -20,13 +20,30 @@ def require_ray(what: str = "Ray") -> None:
         raise CarsegError(f"{what} is not installed ({e}); {EXTRA_HINT}") from None
 
 
-def stop_on_signals() -> None:
+_stopped_by: list[str] = []  # the signals stop_on_signals' handler has seen, this process
+
+
+def stop_on_signals(*, fresh: bool = True) -> None:
     """SIGINT and SIGTERM both become KeyboardInterrupt in the main thread, so that an app's
     `finally` shuts Ray (and Serve) down either way: a shell starts background jobs with SIGINT
     ignored, and `kill` sends SIGTERM, whose default would end the process at once and leave
-    Ray's processes behind."""
+    Ray's processes behind. Call it before ray.init (a signal during the start must count) and
+    again after (ray.init installs its own SIGTERM handler), then raise_if_stopped(): a
+    KeyboardInterrupt raised inside ray.init can be swallowed there, and the job would run on.
+    `fresh` forgets the signals seen before (the first call of a job, not the second)."""
+    if fresh:
+        _stopped_by.clear()
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        _stopped_by.append(name)
+        raise KeyboardInterrupt(name)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+def raise_if_stopped() -> None:
+    """KeyboardInterrupt if stop_on_signals' handler has seen a signal, even one whose own
+    KeyboardInterrupt was caught by the code it interrupted."""
+    if _stopped_by:
+        raise KeyboardInterrupt(_stopped_by[0])

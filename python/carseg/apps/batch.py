@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import require_ray, stop_on_signals
+from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
 from carseg.errors import CarsegError
 from carseg.io.encode import MAX_JPEG_SIDE, encode_image, encode_mask_png, parse_background
 from carseg.io.files import prepare_out_dir, write_atomic
@@ -170,14 +170,17 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
 
     t0 = time.monotonic()
     started = False
-    if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, num_cpus=num_cpus
-                 if address == "local" else None, include_dashboard=False,
-                 logging_level=logging.WARNING)
-        started = True
     if handle_signals:
-        stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
+        stop_on_signals()  # a signal while Ray starts counts too
     try:
+        if not ray.is_initialized():
+            started = True  # before init: a signal inside it must still shut down what started
+            ray.init(address=None if address == "local" else address, num_cpus=num_cpus
+                     if address == "local" else None, include_dashboard=False,
+                     logging_level=logging.WARNING)
+        if handle_signals:
+            stop_on_signals(fresh=False)  # again: ray.init installs its own SIGTERM handler
+            raise_if_stopped()
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = True
         ds = ray.data.from_items([{"path": str(p)} for p in todo],
@@ -204,6 +207,8 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
     finally:
         if started:
             ray.shutdown()
+    if handle_signals:
+        raise_if_stopped()  # one that Ray's own code caught, late in the job or in shutdown
     report.seconds = time.monotonic() - t0
     report.done.sort()
     return report

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import require_ray, stop_on_signals
+from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
 from carseg.errors import CarsegError, DataError
 from carseg.io.encode import (
     JPEG_QUALITY,
@@ -464,11 +464,13 @@ def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> No
     from ray import serve
 
     app = build_app(model_dir, **kwargs)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    serve.start(http_options={"host": host, "port": port})
-    stop_on_signals()  # after ray.init, which installs its own SIGTERM handler
+    stop_on_signals()  # a signal while Ray starts counts too
     try:
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        serve.start(http_options={"host": host, "port": port})
+        stop_on_signals(fresh=False)  # again: ray.init installs its own SIGTERM handler
+        raise_if_stopped()
         try:
             serve.run(app, name="carseg", route_prefix="/")
         except RuntimeError as e:  # a replica failed to start: say why, in one line
