@@ -6,6 +6,14 @@
 
 #include "carseg/error.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CARSEG_SHA_NI 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define CARSEG_SHA_NI 0
+#endif
+
 namespace carseg {
 namespace {
 
@@ -23,13 +31,7 @@ constexpr std::array<std::uint32_t, 64> kK = {
 
 constexpr std::uint32_t rotr(std::uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
-}  // namespace
-
-Sha256::Sha256()
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-             0x5be0cd19} {}
-
-void Sha256::compress(const std::uint8_t* block) {
+void compress_portable(std::array<std::uint32_t, 8>& state, const std::uint8_t* block) {
   std::uint32_t w[64];
   for (int i = 0; i < 16; ++i) {
     w[i] = (std::uint32_t{block[4 * i]} << 24) | (std::uint32_t{block[4 * i + 1]} << 16) |
@@ -40,8 +42,8 @@ void Sha256::compress(const std::uint8_t* block) {
     const std::uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
     w[i] = w[i - 16] + s0 + w[i - 7] + s1;
   }
-  std::uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3], e = state_[4],
-                f = state_[5], g = state_[6], h = state_[7];
+  std::uint32_t a = state[0], b = state[1], c = state[2], d = state[3], e = state[4],
+                f = state[5], g = state[6], h = state[7];
   for (int i = 0; i < 64; ++i) {
     const std::uint32_t s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
     const std::uint32_t ch = (e & f) ^ (~e & g);
@@ -58,14 +60,88 @@ void Sha256::compress(const std::uint8_t* block) {
     b = a;
     a = t1 + t2;
   }
-  state_[0] += a;
-  state_[1] += b;
-  state_[2] += c;
-  state_[3] += d;
-  state_[4] += e;
-  state_[5] += f;
-  state_[6] += g;
-  state_[7] += h;
+  state[0] += a;
+  state[1] += b;
+  state[2] += c;
+  state[3] += d;
+  state[4] += e;
+  state[5] += f;
+  state[6] += g;
+  state[7] += h;
+}
+
+#if CARSEG_SHA_NI
+// The same rounds with the SHA extensions (Intel's "SHA extensions" paper): the state lives as
+// (A, B, E, F) and (C, D, G, H); each sha256rnds2 does two rounds, each sha256msg1/msg2 pair
+// four words of the message schedule.
+__attribute__((target("sha,sse4.1,ssse3"))) void compress_sha_ni(std::array<std::uint32_t, 8>& state,
+                                                                 const std::uint8_t* data,
+                                                                 std::size_t count) {
+  const __m128i byte_swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[0])), 0xB1);  // CDAB
+  __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[4])), 0x1B);   // EFGH
+  __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);     // ABEF
+  s1 = _mm_blend_epi16(s1, tmp, 0xF0);          // CDGH
+  for (; count > 0; --count, data += 64) {
+    const __m128i abef = s0, cdgh = s1;
+    __m128i w[4];  // the last four groups of four schedule words, w[g % 4] for group g
+    for (int g = 0; g < 16; ++g) {
+      __m128i& wg = w[g % 4];
+      if (g < 4) {
+        wg = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(data + 16 * g)), byte_swap);
+      } else {  // W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time
+        const __m128i prev = w[(g - 1) % 4];
+        __m128i next = _mm_sha256msg1_epu32(wg, w[(g - 3) % 4]);
+        next = _mm_add_epi32(next, _mm_alignr_epi8(prev, w[(g - 2) % 4], 4));
+        wg = _mm_sha256msg2_epu32(next, prev);
+      }
+      __m128i wk = _mm_add_epi32(wg, _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kK[4 * g])));
+      s1 = _mm_sha256rnds2_epu32(s1, s0, wk);
+      wk = _mm_shuffle_epi32(wk, 0x0E);
+      s0 = _mm_sha256rnds2_epu32(s0, s1, wk);
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(s0, 0x1B);     // FEBA
+  s1 = _mm_shuffle_epi32(s1, 0xB1);      // DCHG
+  s0 = _mm_blend_epi16(tmp, s1, 0xF0);   // DCBA
+  s1 = _mm_alignr_epi8(s1, tmp, 8);      // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[0]), s0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[4]), s1);
+}
+#endif
+
+}  // namespace
+
+bool Sha256::hardware_available() {
+#if CARSEG_SHA_NI
+  static const bool available = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
+    const bool ssse3 = (c & bit_SSSE3) != 0, sse41 = (c & bit_SSE4_1) != 0;
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+    return ssse3 && sse41 && (b & bit_SHA) != 0;
+  }();
+  return available;
+#else
+  return false;
+#endif
+}
+
+Sha256::Sha256(Impl impl)
+    : hardware_(impl == Impl::kBest && hardware_available()),
+      state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+             0x5be0cd19} {}
+
+void Sha256::compress(const std::uint8_t* blocks, std::size_t count) {
+#if CARSEG_SHA_NI
+  if (hardware_) {
+    compress_sha_ni(state_, blocks, count);
+    return;
+  }
+#endif
+  for (std::size_t i = 0; i < count; ++i) compress_portable(state_, blocks + 64 * i);
 }
 
 void Sha256::update(const void* data, std::size_t size) {
@@ -78,10 +154,12 @@ void Sha256::update(const void* data, std::size_t size) {
     p += take;
     size -= take;
     if (buffered_ < buffer_.size()) return;
-    compress(buffer_.data());
+    compress(buffer_.data(), 1);
     buffered_ = 0;
   }
-  for (; size >= 64; size -= 64, p += 64) compress(p);
+  compress(p, size / 64);
+  p += size / 64 * 64;
+  size %= 64;
   if (size > 0) {
     std::memcpy(buffer_.data(), p, size);
     buffered_ = size;
