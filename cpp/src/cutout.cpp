@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "carseg/error.h"
@@ -225,10 +226,13 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
     const float s = v * 255.0F + 0.5F;
     return s <= 0 ? std::uint8_t{0} : s >= 255 ? std::uint8_t{255} : static_cast<std::uint8_t>(s);
   };
+  std::optional<Decontaminator> clean;
+  if (fit) clean.emplace(*fit, photo.width, photo.height);
   std::uint8_t* out = dst;
   for (int y = rect.y0; y < rect.y1; ++y) {
     const std::size_t row = static_cast<std::size_t>(y) * photo.width;
     const std::uint8_t* a_row = alpha + row;
+    if (clean) clean->set_row(y);
     // Runs of car (255) and of background (0) are copied or filled whole; only the soft edge
     // between them is blended pixel by pixel.
     for (int x = rect.x0; x < rect.x1;) {
@@ -259,8 +263,8 @@ void composite_matte(const Image& photo, const std::uint8_t* alpha, const Refine
         continue;
       }
       float f[3];
-      if (fit) {
-        decontaminate(*fit, photo.width, photo.height, x, y, px, a, f);
+      if (clean) {
+        clean->pixel(x, px, a, f);
       } else {
         for (int c = 0; c < 3; ++c) f[c] = static_cast<float>(px[c]) / 255.0F;
       }

@@ -13,6 +13,19 @@
 #include "carseg/preprocess.h"
 
 namespace carseg {
+
+detail::Tap detail::tap(int i, int in, int out) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  float src = scale * (static_cast<float>(i) + 0.5F) - 0.5F;
+  if (src < 0) src = 0;
+  Tap t;
+  t.i0 = static_cast<int>(src);
+  t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
+  t.l1 = src - static_cast<float>(t.i0);
+  t.l0 = 1.0F - t.l1;
+  return t;
+}
+
 namespace {
 
 // Mean over the (2r+1)^2 window of [..., H, W], clipped at the border, by running sums in float64
@@ -141,22 +154,8 @@ void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean
   }
 }
 
-// torch's bilinear source index (align_corners=false) for output `i` of `out` from `in`.
-struct Tap {
-  int i0 = 0, i1 = 0;
-  float l0 = 1, l1 = 0;
-};
-Tap tap(int i, int in, int out) {
-  const float scale = static_cast<float>(in) / static_cast<float>(out);
-  float src = scale * (static_cast<float>(i) + 0.5F) - 0.5F;
-  if (src < 0) src = 0;
-  Tap t;
-  t.i0 = static_cast<int>(src);
-  t.i1 = t.i0 + (t.i0 < in - 1 ? 1 : 0);
-  t.l1 = src - static_cast<float>(t.i0);
-  t.l0 = 1.0F - t.l1;
-  return t;
-}
+using detail::Tap;
+using detail::tap;
 
 float lerp2(const float* plane, int w, const Tap& ty, const Tap& tx) {
   const float* r0 = plane + static_cast<std::size_t>(ty.i0) * w;
@@ -358,16 +357,24 @@ Matte apply_refinement(const torch::Tensor& image, std::shared_ptr<const RefineF
   return m;
 }
 
-void decontaminate(const RefineFit& fit, int width, int height, int x, int y, const std::uint8_t* rgb,
-                   std::uint8_t alpha_u8, float* out) {
-  const int h = static_cast<int>(fit.fg.size(1)), w = static_cast<int>(fit.fg.size(2));
-  const std::size_t plane = static_cast<std::size_t>(h) * w;
-  const Tap ty = tap(y, h, height), tx = tap(x, w, width);
-  const float* fg = fit.fg.data_ptr<float>();
-  const float* bg = fit.bg.data_ptr<float>();
+Decontaminator::Decontaminator(const RefineFit& fit, int width, int height)
+    : fg_(fit.fg.data_ptr<float>()),
+      bg_(fit.bg.data_ptr<float>()),
+      w_(static_cast<int>(fit.fg.size(2))),
+      h_(static_cast<int>(fit.fg.size(1))),
+      height_(height),
+      plane_(static_cast<std::size_t>(fit.fg.size(1)) * static_cast<std::size_t>(fit.fg.size(2))),
+      xs_(static_cast<std::size_t>(width)) {
+  for (int x = 0; x < width; ++x) xs_[static_cast<std::size_t>(x)] = tap(x, w_, width);
+}
+
+void Decontaminator::set_row(int y) { ty_ = tap(y, h_, height_); }
+
+void Decontaminator::pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha_u8, float* out) const {
+  const Tap& tx = xs_[static_cast<std::size_t>(x)];
   const float a = static_cast<float>(alpha_u8) / 255.0F;
   for (int c = 0; c < 3; ++c) {
-    const float f = lerp2(fg + c * plane, w, ty, tx), b = lerp2(bg + c * plane, w, ty, tx);
+    const float f = lerp2(fg_ + c * plane_, w_, ty_, tx), b = lerp2(bg_ + c * plane_, w_, ty_, tx);
     const float image = static_cast<float>(rgb[c]) / 255.0F;
     out[c] = std::clamp(f + a * (image - a * f - (1 - a) * b), 0.0F, 1.0F);
   }

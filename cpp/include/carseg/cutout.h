@@ -106,7 +106,7 @@ struct Rect {
 /// The cutout of `photo` over `rect` from its alpha matte (0..255): where alpha is 255 the
 /// photo's pixel, where 0 the backdrop's (transparent: the photo's RGB with alpha 0), between
 /// them alpha * F + (1 - alpha) * backdrop, with F the decontaminated car colour
-/// (decontaminate(), refine.h) when `fit` is given, else the photo's. A hard mask * 255 gives
+/// (Decontaminator, refine.h) when `fit` is given, else the photo's. A hard mask * 255 gives
 /// composite()'s pixels. `dst` holds rect.width() * rect.height() * backdrop.channels() bytes;
 /// it may be photo.pixels itself when rect is the whole photo and the backdrop is not transparent.
 void composite_matte(const Image& photo, const std::uint8_t* alpha, const RefineFit* fit,

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "carseg/manifest.h"  // RefineSpec
 
@@ -49,10 +50,32 @@ struct Matte {
                                      std::shared_ptr<const RefineFit> fit,
                                      double* undecided = nullptr);
 
-/// The decontaminated colour of the car at pixel (x, y) of a `width` x `height` photo whose
-/// colour there is `rgb` and alpha `alpha` (1..254), as refine.foreground in Python: with the
-/// local means F', B', F = F' + a (I - a F' - (1 - a) B'), clamped to [0, 1]. CPU fits only.
-void decontaminate(const RefineFit& fit, int width, int height, int x, int y,
-                   const std::uint8_t* rgb, std::uint8_t alpha, float* out);
+namespace detail {
+/// torch's bilinear source taps (align_corners=false) for output index `i` of `out` from `in`.
+struct Tap {
+  int i0 = 0, i1 = 0;
+  float l0 = 1, l1 = 0;
+};
+[[nodiscard]] Tap tap(int i, int in, int out);
+}  // namespace detail
+
+/// The decontaminated colour of the car in a `width` x `height` photo, as refine.foreground in
+/// Python: at a pixel of colour I and alpha a (1..254), with the local means F', B' of the fit,
+/// F = F' + a (I - a F' - (1 - a) B'), clamped to [0, 1]. CPU fits only. The column taps are
+/// made once a photo and the row's once a row (set_row), not at every pixel of the edge.
+class Decontaminator {
+ public:
+  Decontaminator(const RefineFit& fit, int width, int height);
+  void set_row(int y);
+  void pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha, float* out) const;
+
+ private:
+  const float* fg_;
+  const float* bg_;
+  int w_, h_, height_;
+  std::size_t plane_;
+  std::vector<detail::Tap> xs_;
+  detail::Tap ty_;
+};
 
 }  // namespace carseg
