@@ -19,37 +19,9 @@ namespace carseg {
 /// white), transparent ones as PNG with the mask as alpha.
 enum class Background { kWhite, kTransparent };
 
-/// "white" or "transparent"; throws OptionError("background", ...) on anything else.
-[[nodiscard]] Background parse_background(const std::string& s);
 [[nodiscard]] std::string to_string(Background background);
-/// Channels of a composited pixel: 3 (white) or 4 (RGBA).
-[[nodiscard]] int cutout_channels(Background background);
 /// The file suffix of a cutout: ".jpg" (white) or ".png" (transparent).
 [[nodiscard]] std::string cutout_suffix(Background background);
-
-/// The one compositing rule, for every caller: `n` RGB pixels at `rgb` and their mask
-/// (nonzero = car) -> `dst`. White: the photo's RGB on the car, 255 elsewhere (3 bytes a
-/// pixel; `dst` may be `rgb`, for in place). Transparent: the photo's RGB everywhere and
-/// alpha 255 on the car, 0 elsewhere (4 bytes a pixel; `dst` must not overlap `rgb`).
-void composite(const std::uint8_t* rgb, const std::uint8_t* mask, std::size_t n,
-               Background background, std::uint8_t* dst);
-
-/// composite() over tensors: `image` uint8 [H, W, 3] and `mask` uint8 [H, W] (any device) ->
-/// uint8 [H, W, 3] (white) or [H, W, 4] (RGBA) on the CPU. Throws carseg::Error when the
-/// shapes do not match.
-[[nodiscard]] torch::Tensor composite_cutout(const torch::Tensor& image_hwc_u8,
-                                             const torch::Tensor& mask_hw, Background background);
-
-/// The cutout encoded: a JPEG of `jpeg_quality` on white, or an RGBA PNG.
-[[nodiscard]] std::vector<std::uint8_t> encode_cutout(const Image& image, const std::uint8_t* mask,
-                                                      Background background,
-                                                      int jpeg_quality = 95);
-/// encode_cutout for a caller done with the photo: a white background is painted into
-/// `image`'s own pixels (no copy), which hold the cutout afterwards. The bytes are the same.
-[[nodiscard]] std::vector<std::uint8_t> encode_cutout_in_place(Image& image,
-                                                               const std::uint8_t* mask,
-                                                               Background background,
-                                                               int jpeg_quality = 95);
 
 // ---- cutouts from a matte: soft edges, any backdrop, decontaminated colour -------------------
 
@@ -106,9 +78,10 @@ struct Rect {
 /// The cutout of `photo` over `rect` from its alpha matte (0..255): where alpha is 255 the
 /// photo's pixel, where 0 the backdrop's (transparent: the photo's RGB with alpha 0), between
 /// them alpha * F + (1 - alpha) * backdrop, with F the decontaminated car colour
-/// (Decontaminator, refine.h) when `fit` is given, else the photo's. A hard mask * 255 gives
-/// composite()'s pixels. `dst` holds rect.width() * rect.height() * backdrop.channels() bytes;
-/// it may be photo.pixels itself when rect is the whole photo and the backdrop is not transparent.
+/// (Decontaminator, refine.h) when `fit` is given, else the photo's. A hard matte (mask * 255,
+/// no fit) gives the photo on the car and the backdrop elsewhere: the unrefined cutout. `dst`
+/// holds rect.width() * rect.height() * backdrop.channels() bytes; it may be photo.pixels
+/// itself when rect is the whole photo and the backdrop is not transparent.
 void composite_matte(const Image& photo, const std::uint8_t* alpha, const RefineFit* fit,
                      const Backdrop& backdrop, const Rect& rect, std::uint8_t* dst);
 
