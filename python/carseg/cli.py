@@ -321,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local (default), auto, or ray://HOST:10001 for a cluster")
     s.add_argument("--workers", type=int, default=1, help="predictor actors")
     s.add_argument("--batch-size", type=int, default=4, help="photos per predictor call")
-    s.add_argument("--cutout", choices=["white", "transparent", "none"], default="white",
-                   help="the cutout written beside each mask (none: masks only)")
+    s.add_argument("--cutout", default="white", metavar="B",
+                   help="the cutout written beside each mask, by what is behind the car: white, "
+                        "#RRGGBB or an image file (resized to each photo; readable where the "
+                        "workers run): NAME_cutout.jpg; transparent: NAME_cutout.png with the "
+                        "alpha matte; none: masks only")
     s.add_argument("--report", type=Path, help="JSON report: done, skipped, failed with reasons")
     s.set_defaults(func=cmd_batch)
     return use_help_formatter(p)

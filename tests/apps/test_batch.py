@@ -12,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import BAD_PHOTOS, copy_photos, native_built, write_bad_photos
+from helpers import (
+    BAD_PHOTOS,
+    copy_photos,
+    native_built,
+    oracle_artifacts,
+    oracle_photo,
+    write_bad_photos,
+)
 
 pytest.importorskip("ray.data", reason="the `scale` extra (ray[data]) is not installed")
 
@@ -76,6 +83,67 @@ def test_good_and_bad_photos(photos: Path, tiny_artifacts: Path, tmp_path: Path,
     for name in reasons:
         assert f"carseg batch: error: {photos / name}" in err
     _check_outputs(out, good, ReferencePredictor(tiny_artifacts))
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_artifacts: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The saturation oracle (helpers.oracle_artifacts): sure of itself away from the edge."""
+    return oracle_artifacts(tiny_artifacts, tmp_path_factory.mktemp("oracle") / "art")
+
+
+@pytest.mark.parametrize(("backend", "backdrop"), [("native", "#2060c0"),
+                                                   ("torchscript", "image")])
+def test_a_colour_or_an_image_behind_the_car(backend: str, backdrop: str, oracle: Path,
+                                             tmp_path: Path) -> None:
+    """--cutout takes what carseg cutout's --background takes: a colour, or an image resized to
+    each photo. Away from the car's edge the cutout is that colour outside the car and the
+    photo inside it (within JPEG's error)."""
+    if backend == "native" and not native_built():
+        pytest.skip("carseg._native is not built")
+    from PIL import Image
+    from scipy import ndimage
+
+    from carseg.io.images import read_mask, read_rgb
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (h, w) in enumerate([(160, 240), (120, 200), (97, 151)]):
+        Image.fromarray(oracle_photo(h, w, i)[0]).save(photos / f"car{i}.png")
+    want = (0x20, 0x60, 0xC0)
+    if backdrop == "image":  # one colour, so that any resize of it is that colour
+        backdrop = str(tmp_path / "green.png")
+        want = (20, 200, 40)
+        Image.new("RGB", (50, 30), want).save(backdrop)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(CARSEG), "batch", str(photos), "--model", str(oracle),
+                           "--output", str(out), "--batch-size", "2", "--backend", backend,
+                           "--cutout", backdrop], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for p in sorted(photos.iterdir()):
+        car = read_mask(out / f"{p.stem}_mask.png").astype(bool)
+        outside = ~ndimage.binary_dilation(car, iterations=6)
+        inside = ndimage.binary_erosion(car, iterations=6)
+        assert outside.any() and inside.any(), p.name
+        cut = read_rgb(out / f"{p.stem}_cutout.jpg").astype(int)
+        assert np.abs(cut[outside] - np.array(want)).mean() < 4, p.name
+        assert np.abs(cut[inside] - read_rgb(p).astype(int)[inside]).mean() < 6, p.name
+
+
+@pytest.mark.parametrize("value", ["#12345", "blue", "junk.png"])
+def test_a_cutout_it_cannot_make_is_refused_before_anything_runs(value: str, photos: Path,
+                                                                 tiny_artifacts: Path,
+                                                                 tmp_path: Path) -> None:
+    if value == "junk.png":
+        value = str(tmp_path / value)
+        Path(value).write_bytes(b"not an image")
+    out = tmp_path / "out"
+    proc = subprocess.run([str(CARSEG), "batch", str(photos), "--model", str(tiny_artifacts),
+                           "--output", str(out), "--cutout", value],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "carseg batch: error: --cutout: " in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not list(out.iterdir())
 
 
 def test_interrupted_run_then_rerun_completes_without_duplicates(

@@ -23,7 +23,14 @@ import numpy as np
 
 from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
 from carseg.errors import CarsegError
-from carseg.io.encode import MAX_JPEG_SIDE, encode_image, encode_mask_png, parse_background
+from carseg.io.encode import (
+    BACKGROUNDS,
+    MAX_JPEG_SIDE,
+    Backdrop,
+    encode_image,
+    encode_mask_png,
+    parse_background,
+)
 from carseg.io.files import prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import list_photos, outputs_for
@@ -46,6 +53,8 @@ class _PredictActor:
     def __init__(self, model_dir: str, backend: str, device: str, cutout: str = "none") -> None:
         self.predictor = open_predictor(model_dir, backend=backend, device=device)
         self.cutout = cutout
+        # parsed once an actor: an image backdrop is read here, not for every photo
+        self.backdrop = None if cutout == "none" else Backdrop.parse(cutout, field="--cutout")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = list(batch["image"])
@@ -61,7 +70,7 @@ class _PredictActor:
                         masks[i] = np.asarray(m, np.uint8)
                 else:
                     for i in good:
-                        r = self.predictor.render(images[i], self.cutout)
+                        r = self.predictor.render(images[i], self.backdrop)
                         masks[i], cuts[i] = np.asarray(r["mask"], np.uint8), r["cutout"]
             except Exception as e:  # the whole batch failed: say so for each photo
                 for i in good:
@@ -146,6 +155,9 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
     import ray.data
 
     parse_background(cutout, allow_none=True, field="--cutout")
+    if cutout not in (*BACKGROUNDS, "none") and not cutout.startswith("#"):
+        Backdrop.parse(cutout, field="--cutout")  # an image that does not decode: say so now
+        cutout = str(Path(cutout).resolve())  # the workers' folder may differ
     if workers < 1 or batch_size < 1:
         raise ValueError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
     if not (model_dir / "manifest.json").is_file():
