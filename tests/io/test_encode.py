@@ -64,3 +64,12 @@ def test_one_parser_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"background: expected a colour as #RRGGBB \(six hex "
                                          r"digits\), got '#12345g'"):
         parse_background("#12345g")
+
+
+def test_a_jpeg_cutout_refusal_names_the_size_the_limit_and_the_way_out() -> None:
+    from carseg.io.encode import MAX_JPEG_SIDE, jpeg_cutout_refusal
+
+    assert jpeg_cutout_refusal(MAX_JPEG_SIDE, 10, "--background transparent") is None
+    why = jpeg_cutout_refusal(10, MAX_JPEG_SIDE + 1, "--background transparent")
+    assert why == (f"is 10x{MAX_JPEG_SIDE + 1}: too large for a JPEG cutout (JPEG's sides are "
+                   f"at most {MAX_JPEG_SIDE} pixels); use --background transparent (PNG)")

@@ -25,10 +25,10 @@ from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
 from carseg.errors import CarsegError
 from carseg.io.encode import (
     BACKGROUNDS,
-    MAX_JPEG_SIDE,
     Backdrop,
     encode_image,
     encode_mask_png,
+    jpeg_cutout_refusal,
     parse_background,
 )
 from carseg.io.files import prepare_out_dir, write_atomic
@@ -111,10 +111,9 @@ def _write(row: dict[str, Any], output: str, cutout: str) -> dict[str, Any]:
     outs = outputs_for(photo, Path(output), cutout)
     h, w = row["image"].shape[:2]
     # refused before anything is written
-    if cutout not in ("none", "transparent") and max(h, w) > MAX_JPEG_SIDE:
-        return {"path": row["path"], "status": "failed",
-                "reason": f"{photo}: is {w}x{h}: too large for a JPEG cutout (JPEG's sides are "
-                          f"at most {MAX_JPEG_SIDE} pixels); use --cutout transparent (PNG)"}
+    why = jpeg_cutout_refusal(w, h, "--cutout transparent")
+    if cutout not in ("none", "transparent") and why:
+        return {"path": row["path"], "status": "failed", "reason": f"{photo}: {why}"}
     try:
         data = [encode_mask_png(row["mask"])]
         if cutout != "none":

@@ -26,11 +26,11 @@ from typing import Any
 from carseg.errors import CarsegError, DataError
 from carseg.io.encode import (
     JPEG_QUALITY,
-    MAX_JPEG_SIDE,
     Backdrop,
     encode_alpha_png,
     encode_image,
     encode_mask_png,
+    jpeg_cutout_refusal,
     parse_background,
 )
 from carseg.io.files import OutputExists, prepare_out_dir, write_atomic
@@ -97,9 +97,9 @@ def refuse_early(photo: Path, rgb_shape: tuple[int, ...], output: Path, backgrou
     """What refuses a photo before anything of it is written (as libcarseg's pipeline does):
     outputs that exist (unless overwrite), a photo too large for a JPEG cutout."""
     h, w = rgb_shape[:2]
-    if background not in (None, "none", "transparent") and max(h, w) > MAX_JPEG_SIDE:
-        raise DataError(f"{photo}: is {w}x{h}: too large for a JPEG cutout (JPEG's sides are at "
-                        f"most {MAX_JPEG_SIDE} pixels); use --background transparent (PNG)")
+    why = jpeg_cutout_refusal(w, h, "--background transparent")
+    if background not in (None, "none", "transparent") and why:
+        raise DataError(f"{photo}: {why}")
     if not overwrite:
         for out in outputs_for(photo, output, background or "none", matte):
             if out.exists() or out.is_symlink():

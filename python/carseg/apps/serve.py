@@ -42,11 +42,11 @@ from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
 from carseg.errors import CarsegError, DataError
 from carseg.io.encode import (
     JPEG_QUALITY,
-    MAX_JPEG_SIDE,
     Backdrop,
     encode_alpha_png,
     encode_image,
     encode_mask_png,
+    jpeg_cutout_refusal,
 )
 from carseg.io.images import ImageTooLarge, decode_rgb, image_header, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
@@ -240,9 +240,9 @@ class Segmenter:
         if w * h > self.max_pixels:
             return err(413, f"request body: image too large ({w}x{h}, limit {self.max_pixels} "
                             f"pixels)")
-        if output == "cutout" and not backdrop.transparent and max(w, h) > MAX_JPEG_SIDE:
-            return err(413, f"request body: {w}x{h} is too large for a JPEG cutout (sides at "
-                            f"most {MAX_JPEG_SIDE}); ask for background=transparent")
+        why = jpeg_cutout_refusal(w, h, "background=transparent")
+        if output == "cutout" and not backdrop.transparent and why:
+            return err(413, f"request body: the photo {why}")
         # Decoding and encoding run on worker threads, never on the event loop: a slow photo
         # does not stall /healthz or the other requests. A request that is cancelled keeps
         # its share of the budget until its thread is done (finish).

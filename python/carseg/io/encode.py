@@ -37,6 +37,15 @@ def parse_background(value: str, *, allow_none: bool = False, field: str = "back
     return value
 
 
+def jpeg_cutout_refusal(width: int, height: int, use_png: str) -> str | None:
+    """Why a width x height cutout cannot be a JPEG (a side over MAX_JPEG_SIDE), or None when
+    it can; `use_png` is how the caller's user asks for a PNG instead."""
+    if max(width, height) <= MAX_JPEG_SIDE:
+        return None
+    return (f"is {width}x{height}: too large for a JPEG cutout (JPEG's sides are at most "
+            f"{MAX_JPEG_SIDE} pixels); use {use_png} (PNG)")
+
+
 def cutout_suffix(background: str) -> str:
     """.png for a transparent cutout, .jpg for any other."""
     return ".png" if background == "transparent" else ".jpg"
