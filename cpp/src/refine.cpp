@@ -163,9 +163,38 @@ float lerp2(const float* plane, int w, const Tap& ty, const Tap& tx) {
   return ty.l0 * (tx.l0 * r0[tx.i0] + tx.l1 * r0[tx.i1]) + ty.l1 * (tx.l0 * r1[tx.i0] + tx.l1 * r1[tx.i1]);
 }
 
-std::uint8_t to_u8(float v) {  // refine.to_u8: uint8(v * 255 + 0.5), clamped
-  const float s = v * 255.0F + 0.5F;
-  return s <= 0 ? 0 : s >= 255 ? 255 : static_cast<std::uint8_t>(s);
+// A stretch of `n` columns of one row, each interpolating the row's four coefficient planes
+// (`planes`: a0, a1, a2, b, `w` floats each, already interpolated along y) between samples
+// i0 and i1 with weights l0 and l1: mask and alpha. The arithmetic is the scalar rule of
+// refine.py, op for op and without fused multiply-adds, so the AVX2 clone (picked at load time
+// where the CPU has AVX2; the file is built with -fno-trapping-math so that GCC may vectorize
+// the clamps) gives the same bytes as the default one.
+__attribute__((target_clones("avx2", "default"))) void apply_stretch(
+    const std::uint8_t* __restrict rgb, const int* __restrict i0, const int* __restrict i1,
+    const float* __restrict l0, const float* __restrict l1, const float* __restrict planes, int w,
+    int n, float t, float s, std::uint8_t* __restrict mask, std::uint8_t* __restrict alpha) {
+  const float* a0 = planes;
+  const float* a1 = planes + w;
+  const float* a2 = planes + 2 * w;
+  const float* b = planes + 3 * w;
+  for (int k = 0; k < n; ++k) {
+    const float w0 = l0[k], w1 = l1[k];
+    const int j0 = i0[k], j1 = i1[k];
+    float q = (w0 * a0[j0] + w1 * a0[j1]) * (static_cast<float>(rgb[3 * k]) / 255.0F);
+    q += (w0 * a1[j0] + w1 * a1[j1]) * (static_cast<float>(rgb[3 * k + 1]) / 255.0F);
+    q += (w0 * a2[j0] + w1 * a2[j1]) * (static_cast<float>(rgb[3 * k + 2]) / 255.0F);
+    q += w0 * b[j0] + w1 * b[j1];
+    // refine.to_u8(clamp((q - t) / s + 0.5, 0, 1)), above 127 exactly where the mask is set
+    float v = (q - t) / s + 0.5F;
+    v = v < 0.0F ? 0.0F : v;
+    v = v > 1.0F ? 1.0F : v;
+    v = v * 255.0F + 0.5F;
+    v = v > 255.0F ? 255.0F : v;
+    const int a = static_cast<int>(v);
+    const int car = q > t ? 1 : 0;
+    mask[k] = static_cast<std::uint8_t>(car);
+    alpha[k] = static_cast<std::uint8_t>(car ? (a < 128 ? 128 : a) : (a > 127 ? 127 : a));
+  }
 }
 
 Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit, double* undecided) {
@@ -223,7 +252,15 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
   std::uint8_t* mask = m.mask.data_ptr<std::uint8_t>();
   std::uint8_t* alpha = m.alpha.data_ptr<std::uint8_t>();
   std::vector<Tap> xs(static_cast<std::size_t>(W));
-  for (int x = 0; x < W; ++x) xs[static_cast<std::size_t>(x)] = tap(x, w, W);
+  // The column taps as four arrays, for apply_stretch.
+  std::vector<int> xi0(static_cast<std::size_t>(W)), xi1(static_cast<std::size_t>(W));
+  std::vector<float> xl0(static_cast<std::size_t>(W)), xl1(static_cast<std::size_t>(W));
+  for (int x = 0; x < W; ++x) {
+    const Tap t_x = tap(x, w, W);
+    const auto k = static_cast<std::size_t>(x);
+    xs[k] = t_x;
+    xi0[k] = t_x.i0, xi1[k] = t_x.i1, xl0[k] = t_x.l0, xl1[k] = t_x.l1;
+  }
   // The runs of columns that share a left coefficient sample, the same for every row: found
   // once here rather than by scanning each row's taps (a quarter of this function's time).
   struct Run {
@@ -246,42 +283,33 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
     const std::size_t row = static_cast<std::size_t>(y) * W;
     bool row_ready = false;
     const std::uint8_t* row_state = state.data() + static_cast<std::size_t>(ty.i0) * w;
-    for (const Run& run : runs) {
-      const int x = run.x0, end = run.x1;
-      const std::uint8_t st = row_state[run.j];
+    // Settled runs are filled; each stretch of adjacent undecided runs is computed in one call.
+    for (std::size_t r = 0; r < runs.size();) {
+      const std::uint8_t st = row_state[runs[r].j];
+      const int x = runs[r].x0;
       if (st != 2) {
-        std::memset(mask + row + x, st, static_cast<std::size_t>(end - x));
-        std::memset(alpha + row + x, st ? 255 : 0, static_cast<std::size_t>(end - x));
-      } else {
-        computed += static_cast<std::size_t>(end - x);
-        if (!row_ready) {
-          for (int c = 0; c < 4; ++c) {
-            const float* r0 = C + c * plane + static_cast<std::size_t>(ty.i0) * w;
-            const float* r1 = C + c * plane + static_cast<std::size_t>(ty.i1) * w;
-            float* out = along_y.data() + static_cast<std::size_t>(c) * w;
-            for (int k = 0; k < w; ++k) out[k] = ty.l0 * r0[k] + ty.l1 * r1[k];
-          }
-          row_ready = true;
-        }
-        const float* A0 = along_y.data();
-        const float* A1 = A0 + w;
-        const float* A2 = A1 + w;
-        const float* B = A2 + w;
-        for (int xx = x; xx < end; ++xx) {
-          const Tap& tx = xs[static_cast<std::size_t>(xx)];
-          const std::uint8_t* px = rgb + 3 * (row + xx);
-          auto lerp = [&tx](const float* r) { return tx.l0 * r[tx.i0] + tx.l1 * r[tx.i1]; };
-          float q = lerp(A0) * (static_cast<float>(px[0]) / 255.0F);
-          q += lerp(A1) * (static_cast<float>(px[1]) / 255.0F);
-          q += lerp(A2) * (static_cast<float>(px[2]) / 255.0F);
-          q += lerp(B);
-          // Above 127 exactly where the mask is set (refine.alpha_u8).
-          const std::uint8_t a = to_u8(std::clamp((q - t) / s + 0.5F, 0.0F, 1.0F));
-          const bool car = q > t;
-          mask[row + xx] = car ? 1 : 0;
-          alpha[row + xx] = car ? std::max<std::uint8_t>(a, 128) : std::min<std::uint8_t>(a, 127);
-        }
+        const std::size_t n = static_cast<std::size_t>(runs[r].x1 - x);
+        std::memset(mask + row + x, st, n);
+        std::memset(alpha + row + x, st ? 255 : 0, n);
+        ++r;
+        continue;
       }
+      std::size_t last = r;
+      while (last + 1 < runs.size() && row_state[runs[last + 1].j] == 2) ++last;
+      const int end = runs[last].x1;
+      r = last + 1;
+      computed += static_cast<std::size_t>(end - x);
+      if (!row_ready) {
+        for (int c = 0; c < 4; ++c) {
+          const float* r0 = C + c * plane + static_cast<std::size_t>(ty.i0) * w;
+          const float* r1 = C + c * plane + static_cast<std::size_t>(ty.i1) * w;
+          float* out = along_y.data() + static_cast<std::size_t>(c) * w;
+          for (int k = 0; k < w; ++k) out[k] = ty.l0 * r0[k] + ty.l1 * r1[k];
+        }
+        row_ready = true;
+      }
+      apply_stretch(rgb + 3 * (row + x), xi0.data() + x, xi1.data() + x, xl0.data() + x,
+                    xl1.data() + x, along_y.data(), w, end - x, t, s, mask + row + x, alpha + row + x);
     }
   }
   if (undecided) *undecided = static_cast<double>(computed) / (static_cast<double>(H) * W);
