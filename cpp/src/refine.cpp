@@ -40,7 +40,8 @@ torch::Tensor box(const torch::Tensor& x, int r) {
     const float* src = in.data_ptr<float>();
     float* dst = out.data_ptr<float>();
     const int64_t planes = in.numel() / std::max<int64_t>(1, H * W);
-    std::vector<double> rows(static_cast<std::size_t>(H * W)), c(static_cast<std::size_t>(std::max(H, W) + 1));
+    std::vector<double> rows(static_cast<std::size_t>(H * W)), c(static_cast<std::size_t>(W + 1)),
+        down(static_cast<std::size_t>((H + 1) * W));
     for (int64_t k = 0; k < planes; ++k) {
       const float* p = src + k * H * W;
       for (int64_t y = 0; y < H; ++y) {
@@ -52,15 +53,23 @@ torch::Tensor box(const torch::Tensor& x, int r) {
               (c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) / static_cast<double>(hi - lo);
         }
       }
+      // Down the columns: the prefix sums of every column at once, a row of them at a time
+      // (the same additions in the same order as one column at a time, but contiguous).
       float* q = dst + k * H * W;
-      for (int64_t xcol = 0; xcol < W; ++xcol) {
-        c[0] = 0;
-        for (int64_t i = 0; i < H; ++i)
-          c[static_cast<std::size_t>(i + 1)] = c[static_cast<std::size_t>(i)] + rows[static_cast<std::size_t>(i * W + xcol)];
-        for (int64_t i = 0; i < H; ++i) {
-          const int64_t hi = std::min(i + r + 1, H), lo = std::max<int64_t>(i - r, 0);
-          q[i * W + xcol] = static_cast<float>((c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) /
-                                               static_cast<double>(hi - lo));
+      for (int64_t xcol = 0; xcol < W; ++xcol) down[static_cast<std::size_t>(xcol)] = 0;
+      for (int64_t i = 0; i < H; ++i) {
+        const double* above = down.data() + i * W;
+        const double* in_row = rows.data() + i * W;
+        double* next = down.data() + (i + 1) * W;
+        for (int64_t xcol = 0; xcol < W; ++xcol) next[xcol] = above[xcol] + in_row[xcol];
+      }
+      for (int64_t i = 0; i < H; ++i) {
+        const int64_t hi = std::min(i + r + 1, H), lo = std::max<int64_t>(i - r, 0);
+        const double count = static_cast<double>(hi - lo);
+        const double* top = down.data() + lo * W;
+        const double* bottom = down.data() + hi * W;
+        for (int64_t xcol = 0; xcol < W; ++xcol) {
+          q[i * W + xcol] = static_cast<float>((bottom[xcol] - top[xcol]) / count);
         }
       }
     }
