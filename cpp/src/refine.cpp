@@ -116,6 +116,17 @@ torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softne
   return ((q - threshold) / softness + 0.5).clamp_(0, 1);
 }
 
+// One row of the photo added into the running column sums, minima and maxima of pool_photo.
+__attribute__((target_clones("avx2", "default"))) void accumulate_row(
+    const std::uint8_t* __restrict row, std::size_t n, std::uint32_t* __restrict sum,
+    std::uint8_t* __restrict rmin, std::uint8_t* __restrict rmax) {
+  for (std::size_t k = 0; k < n; ++k) {
+    sum[k] += row[k];
+    rmin[k] = std::min(rmin[k], row[k]);
+    rmax[k] = std::max(rmax[k], row[k]);
+  }
+}
+
 // Adaptive average pooling of a uint8 photo to [3, h, w] in [0, 1] (output cell i covers rows
 // floor(i*H/h) to ceil((i+1)*H/h), as torch's), by exact integer sums, with each cell's least
 // and greatest colour.
@@ -135,29 +146,25 @@ void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean
     std::fill(rmin.begin(), rmin.end(), std::uint8_t{255});
     std::fill(rmax.begin(), rmax.end(), std::uint8_t{0});
     for (int y = y0; y < y1; ++y) {
-      const std::uint8_t* row = rgb + static_cast<std::size_t>(y) * W * 3;
-      for (std::size_t k = 0; k < sum.size(); ++k) {
-        sum[k] += row[k];
-        rmin[k] = std::min(rmin[k], row[k]);
-        rmax[k] = std::max(rmax[k], row[k]);
-      }
+      accumulate_row(rgb + static_cast<std::size_t>(y) * W * 3, sum.size(), sum.data(), rmin.data(), rmax.data());
     }
     for (int j = 0; j < w; ++j) {
       const int a = x0[static_cast<std::size_t>(j)], b = x1[static_cast<std::size_t>(j)];
       const double count = static_cast<double>(y1 - y0) * (b - a) * 255.0;
-      for (int c = 0; c < 3; ++c) {
-        std::uint64_t s = 0;
-        std::uint8_t mn = 255, mx = 0;
-        for (int x = a; x < b; ++x) {
-          const std::size_t k = static_cast<std::size_t>(x) * 3 + c;
-          s += sum[k];
-          mn = std::min(mn, rmin[k]);
-          mx = std::max(mx, rmax[k]);
+      std::uint64_t s[3] = {0, 0, 0};
+      std::uint8_t mn[3] = {255, 255, 255}, mx[3] = {0, 0, 0};
+      for (std::size_t k = static_cast<std::size_t>(a) * 3; k < static_cast<std::size_t>(b) * 3; k += 3) {
+        for (std::size_t c = 0; c < 3; ++c) {
+          s[c] += sum[k + c];
+          mn[c] = std::min(mn[c], rmin[k + c]);
+          mx[c] = std::max(mx[c], rmax[k + c]);
         }
+      }
+      for (int c = 0; c < 3; ++c) {
         const std::size_t o = c * plane + static_cast<std::size_t>(i) * w + j;
-        mean[o] = static_cast<float>(static_cast<double>(s) / count);
-        lo[o] = static_cast<float>(mn) / 255.0F;
-        hi[o] = static_cast<float>(mx) / 255.0F;
+        mean[o] = static_cast<float>(static_cast<double>(s[c]) / count);
+        lo[o] = static_cast<float>(mn[c]) / 255.0F;
+        hi[o] = static_cast<float>(mx[c]) / 255.0F;
       }
     }
   }
