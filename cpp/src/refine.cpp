@@ -12,6 +12,14 @@
 #include "carseg/error.h"
 #include "carseg/preprocess.h"
 
+// x86-64: an AVX2 clone and a baseline one of a hot loop, the CPU's pick made once at load time
+// (GCC and Clang function multiversioning); elsewhere the one baseline version.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CARSEG_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CARSEG_AVX2_CLONES
+#endif
+
 namespace carseg {
 
 detail::Tap detail::tap(int i, int in, int out) {
@@ -117,7 +125,7 @@ torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softne
 }
 
 // One row of the photo added into the running column sums, minima and maxima of pool_photo.
-__attribute__((target_clones("avx2", "default"))) void accumulate_row(
+CARSEG_AVX2_CLONES void accumulate_row(
     const std::uint8_t* __restrict row, std::size_t n, std::uint32_t* __restrict sum,
     std::uint8_t* __restrict rmin, std::uint8_t* __restrict rmax) {
   for (std::size_t k = 0; k < n; ++k) {
@@ -185,7 +193,7 @@ float lerp2(const float* plane, int w, const Tap& ty, const Tap& tx) {
 // refine.py, op for op and without fused multiply-adds, so the AVX2 clone (picked at load time
 // where the CPU has AVX2; the file is built with -fno-trapping-math so that GCC may vectorize
 // the clamps) gives the same bytes as the default one.
-__attribute__((target_clones("avx2", "default"))) void apply_stretch(
+CARSEG_AVX2_CLONES void apply_stretch(
     const std::uint8_t* __restrict rgb, const int* __restrict i0, const int* __restrict i1,
     const float* __restrict l0, const float* __restrict l1, const float* __restrict planes, int w,
     int n, float t, float s, std::uint8_t* __restrict mask, std::uint8_t* __restrict alpha) {
