@@ -275,14 +275,12 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
   m.alpha = torch::empty({H, W}, torch::kUInt8);
   std::uint8_t* mask = m.mask.data_ptr<std::uint8_t>();
   std::uint8_t* alpha = m.alpha.data_ptr<std::uint8_t>();
-  std::vector<Tap> xs(static_cast<std::size_t>(W));
   // The column taps as four arrays, for apply_stretch.
   std::vector<int> xi0(static_cast<std::size_t>(W)), xi1(static_cast<std::size_t>(W));
   std::vector<float> xl0(static_cast<std::size_t>(W)), xl1(static_cast<std::size_t>(W));
   for (int x = 0; x < W; ++x) {
     const Tap t_x = tap(x, w, W);
     const auto k = static_cast<std::size_t>(x);
-    xs[k] = t_x;
     xi0[k] = t_x.i0, xi1[k] = t_x.i1, xl0[k] = t_x.l0, xl1[k] = t_x.l1;
   }
   // The runs of columns that share a left coefficient sample, the same for every row: found
@@ -292,9 +290,9 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
   };
   std::vector<Run> runs;
   for (int x = 0; x < W;) {
-    const int j = xs[static_cast<std::size_t>(x)].i0;
+    const int j = xi0[static_cast<std::size_t>(x)];
     int end = x + 1;
-    while (end < W && xs[static_cast<std::size_t>(end)].i0 == j) ++end;
+    while (end < W && xi0[static_cast<std::size_t>(end)] == j) ++end;
     runs.push_back({x, end, j});
     x = end;
   }
