@@ -76,9 +76,10 @@ Image to_image(const py::handle& obj) {
                        std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
 }
 
-// The core returns CPU tensors: numpy in, numpy out (sharing the tensor's memory). A tensor
-// made under the core's InferenceMode is cloned (a mask: cheap) so that callers may modify it
-// in place like any other tensor.
+// numpy: the CPU tensor's memory shared as an array. Otherwise the tensor, where the core put it
+// (the CPU, or the predictor's device when asked); one made under the core's InferenceMode is
+// cloned (a mask: cheap; on CUDA, on the caller's stream, which the core has ordered after its
+// own) so that callers may modify it in place like any other tensor.
 py::object from_tensor(const torch::Tensor& t, bool numpy) {
   if (numpy) return py::reinterpret_steal<py::object>(torch::utils::tensor_to_numpy(t));
   return py::cast(t.is_inference() ? t.clone() : t);
@@ -91,17 +92,19 @@ std::vector<torch::Tensor> tensors_of(const std::vector<Image>& images) {
   return out;
 }
 
-// One image in: converted, `f(tensor)` run on the core without the GIL, the result converted
-// back (numpy in, numpy out).
+carseg::Output output_of(bool on_device) { return on_device ? carseg::Output::kDevice : carseg::Output::kCpu; }
+
+// One image in: converted, `f(tensor, output)` run on the core without the GIL, the result
+// converted back (numpy in, numpy out; on_device: a tensor on the predictor's device).
 template <class F>
-py::object on_image(const py::handle& image, F&& f) {
+py::object on_image(const py::handle& image, bool on_device, F&& f) {
   const Image im = to_image(image);
   torch::Tensor out;
   {
     py::gil_scoped_release release;
-    out = f(im.tensor);
+    out = f(im.tensor, output_of(on_device));
   }
-  return from_tensor(out, im.numpy);
+  return from_tensor(out, im.numpy && !on_device);
 }
 
 std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& model_dir,
@@ -128,8 +131,11 @@ std::unique_ptr<carseg::Predictor> make_predictor(const std::filesystem::path& m
 constexpr const char* kPredictorDoc = R"(An exported artifact folder run by the C++ core (libcarseg).
 
 Images are uint8 [H, W, 3] RGB: a C-contiguous numpy array (shared, not copied) or a torch
-tensor on any device with any strides (shared). Numpy in gives numpy out; a tensor in gives a
-CPU tensor out. Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError; what
+tensor on any device with any strides (shared; a CUDA tensor is read where it is, after the work
+queued on the current CUDA stream). Numpy in gives numpy out; a tensor in gives a CPU tensor out.
+on_device=True (predict, predict_proba, predict_batch, predict_matte): torch tensors left on the
+predictor's device instead (CUDA masks from a CUDA predictor, no copy back), ready for work
+queued next on the current CUDA stream. Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError; what
 the core refuses (a bad model folder, sha256 mismatch, CUDA asked for and absent, an image over
 80 million pixels): CarsegError (a carseg.CarsegError, a RuntimeError).
 
@@ -274,23 +280,26 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
 (output.refine); softness in (0, 1] overrides the refinement's soft-edge width.)")
       .def(
           "predict",
-          [](const carseg::Predictor& self, const py::handle& image) {
-            return on_image(image, [&](const torch::Tensor& t) { return self.predict(t); });
+          [](const carseg::Predictor& self, const py::handle& image, bool on_device) {
+            return on_image(image, on_device,
+                            [&](const torch::Tensor& t, carseg::Output o) { return self.predict(t, o); });
           },
-          py::arg("image"), "uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}.")
+          py::arg("image"), py::kw_only(), py::arg("on_device") = false,
+          "uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}; on_device=True: a tensor on the "
+          "predictor's device.")
       .def(
           "predict_proba",
-          [](const carseg::Predictor& self, const py::handle& image) {
-            return on_image(image, [&](const torch::Tensor& t) {
-              return self.predict_probabilities({t})[0];
+          [](const carseg::Predictor& self, const py::handle& image, bool on_device) {
+            return on_image(image, on_device, [&](const torch::Tensor& t, carseg::Output o) {
+              return self.predict_probabilities({t}, o)[0];
             });
           },
-          py::arg("image"),
+          py::arg("image"), py::kw_only(), py::arg("on_device") = false,
           "uint8 [H, W, 3] RGB -> float32 [H, W] car probability (sigmoid of the logits); "
           "predict is proba > threshold.")
       .def(
           "predict_batch",
-          [](const carseg::Predictor& self, const py::sequence& images) {
+          [](const carseg::Predictor& self, const py::sequence& images, bool on_device) {
             std::vector<Image> ims;
             ims.reserve(images.size());
             for (std::size_t i = 0; i < images.size(); ++i) {
@@ -301,29 +310,30 @@ refine=False: the model's mask resized, without the manifest's full-resolution r
             std::vector<torch::Tensor> masks;
             {
               py::gil_scoped_release release;
-              masks = self.predict_batch(in);
+              masks = self.predict_batch(in, output_of(on_device));
             }
             py::list out;
             for (std::size_t i = 0; i < masks.size(); ++i) {
-              out.append(from_tensor(masks[i], ims[i].numpy));
+              out.append(from_tensor(masks[i], ims[i].numpy && !on_device));
             }
             return out;
           },
-          py::arg("images"),
+          py::arg("images"), py::kw_only(), py::arg("on_device") = false,
           "A list of images of any sizes, run as one batch -> a list of masks, each at its "
           "image's size.")
       .def(
           "predict_matte",
-          [](const carseg::Predictor& self, const py::handle& image) {
+          [](const carseg::Predictor& self, const py::handle& image, bool on_device) {
             const Image im = to_image(image);
             carseg::Matte m;
             {
               py::gil_scoped_release release;
-              m = self.predict_mattes({im.tensor})[0];
+              m = self.predict_mattes({im.tensor}, true, output_of(on_device))[0];
             }
-            return py::make_tuple(from_tensor(m.mask, im.numpy), from_tensor(m.alpha, im.numpy));
+            const bool numpy = im.numpy && !on_device;
+            return py::make_tuple(from_tensor(m.mask, numpy), from_tensor(m.alpha, numpy));
           },
-          py::arg("image"),
+          py::arg("image"), py::kw_only(), py::arg("on_device") = false,
           "uint8 [H, W, 3] RGB -> (mask uint8 [H, W] in {0, 1}, alpha uint8 [H, W] in 0..255): "
           "the refinement's soft matte (without refinement, mask * 255).")
       .def(
@@ -367,7 +377,9 @@ refinement.)")
              std::optional<int> crop) {
             const carseg::Backdrop bd = carseg::Backdrop::parse(background);
             if (crop && *crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
-            return on_image(image, [&](const torch::Tensor& t) { return self.cutout(t, bd, crop.value_or(-1)); });
+            return on_image(image, false, [&](const torch::Tensor& t, carseg::Output) {
+              return self.cutout(t, bd, crop.value_or(-1));
+            });
           },
           py::arg("image"), py::arg("background") = "white", py::kw_only(), py::arg("crop") = py::none(),
           R"(The photo with its background removed, at the photo's size (or cropped).

@@ -44,6 +44,7 @@ struct CudaExecutor::Impl {
   Backend& backend;
   torch::Device device;
   c10::cuda::CUDAStream stream;
+  std::optional<c10::cuda::CUDAStream> caller;  // current when on_stream was last called
   torch::Tensor pinned;                      // uint8 host staging buffer (page-locked)
   at::cuda::CUDAEvent staging_done;          // the last upload out of `pinned` has finished
   std::map<std::vector<int64_t>, std::unique_ptr<Graph>> graphs;  // nullptr: capture failed
@@ -106,6 +107,7 @@ CudaExecutor::CudaExecutor(Backend& backend, const torch::Device& device)
 CudaExecutor::~CudaExecutor() = default;
 
 void CudaExecutor::on_stream(const std::function<void()>& f) {
+  impl_->caller = c10::cuda::getCurrentCUDAStream(impl_->device.index());
   c10::cuda::CUDAStreamGuard guard(impl_->stream);
   f();
 }
@@ -113,8 +115,18 @@ void CudaExecutor::on_stream(const std::function<void()>& f) {
 std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>& images) {
   Impl& m = *impl_;
   int64_t total = 0;
+  bool on_device = false;
   for (const auto& im : images) {
     if (!im.is_cuda()) total += im.numel();
+    on_device = on_device || im.device() == m.device;
+  }
+  if (on_device) {
+    at::cuda::CUDAEvent written;
+    written.record(m.caller.value_or(m.stream));
+    written.block(m.stream);
+    for (const auto& im : images) {
+      if (im.device() == m.device) im.record_stream(m.stream);
+    }
   }
   std::vector<torch::Tensor> out(images.size());
   if (total == 0) {
@@ -152,6 +164,17 @@ torch::Tensor CudaExecutor::replay(const torch::Tensor& x) {
   return g->out;
 }
 
+void CudaExecutor::hand_over(const std::vector<torch::Tensor>& results) {
+  Impl& m = *impl_;
+  if (!m.caller || *m.caller == m.stream) return;
+  at::cuda::CUDAEvent made;
+  made.record(m.stream);
+  made.block(*m.caller);
+  for (const auto& t : results) {
+    if (t.defined() && t.device() == m.device) t.record_stream(*m.caller);
+  }
+}
+
 void CudaExecutor::synchronize() { impl_->stream.synchronize(); }
 
 std::vector<int64_t> CudaExecutor::captured_batch_sizes() const {
@@ -175,6 +198,7 @@ void CudaExecutor::on_stream(const std::function<void()>& f) { f(); }
 std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>& images) {
   return images;
 }
+void CudaExecutor::hand_over(const std::vector<torch::Tensor>&) {}
 torch::Tensor CudaExecutor::replay(const torch::Tensor&) { return {}; }
 void CudaExecutor::synchronize() {}
 std::vector<int64_t> CudaExecutor::captured_batch_sizes() const { return {}; }

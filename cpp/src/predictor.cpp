@@ -128,8 +128,21 @@ struct Predictor::Impl {
   // the forward pass holds the lock, so that one call's pre/post-processing overlaps another
   // call's forward; on CUDA the whole call holds it (stream, pinned buffer and graphs are shared,
   // and a graph's output is only valid until the next replay).
+  // Where `output` puts a call's results.
+  torch::Device output_device(Output output) const { return output == Output::kDevice ? device : torch::Device(torch::kCPU); }
+
+  static void collect(const torch::Tensor& t, std::vector<torch::Tensor>& into) { into.push_back(t); }
+  static void collect(const Matte& m, std::vector<torch::Tensor>& into) {
+    into.push_back(m.mask);
+    into.push_back(m.alpha);
+    if (m.fit) {
+      for (const torch::Tensor* t : {&m.fit->a, &m.fit->b, &m.fit->fg, &m.fit->bg}) into.push_back(*t);
+    }
+  }
+
   template <class T, class PerImage>
-  std::vector<T> run_each(const std::vector<torch::Tensor>& images, PerImage per) {
+  std::vector<T> run_each(const std::vector<torch::Tensor>& images, PerImage per,
+                          Output output = Output::kCpu) {
     c10::InferenceMode guard;
     if (images.empty()) throw Error("images", "expected at least one image, got an empty list");
     for (const auto& im : images) {
@@ -155,6 +168,13 @@ struct Predictor::Impl {
         const std::vector<torch::Tensor> up = cuda->upload(images);
         out = each(forward_locked(pre->preprocess_batch(up), true), up);
       });
+      // Results copied to the CPU are complete; results left on the device are still being
+      // made on our stream, and the caller's stream must wait for them.
+      if (output == Output::kDevice) {
+        std::vector<torch::Tensor> made;
+        for (const T& o : out) collect(o, made);
+        cuda->hand_over(made);
+      }
       return out;
     }
     bool cpu_images = true;
@@ -174,8 +194,10 @@ struct Predictor::Impl {
 
   // Logits [1, S, S] of a photo -> its mask at its own size, on the CPU: the refinement where
   // there is one, else the resized logits thresholded.
-  Matte matte(const torch::Tensor& logits, const torch::Tensor& image, bool refined = true) const {
+  Matte matte(const torch::Tensor& logits, const torch::Tensor& image, bool refined = true,
+              Output output = Output::kCpu) const {
     const int h = static_cast<int>(image.size(0)), w = static_cast<int>(image.size(1));
+    const torch::Device to = output_device(output);
     Matte m;
     if (refine && refined) {
       const int size = pre->spec().size;
@@ -183,9 +205,9 @@ struct Predictor::Impl {
       auto fit = std::make_shared<RefineFit>(fit_refinement(
           image, pre->postprocess_logits(logits, g.height, g.width), *refine, threshold, size));
       m = apply_refinement(image, fit);
-      m.mask = m.mask.to(torch::kCPU);
-      m.alpha = m.alpha.to(torch::kCPU);
-      if (!fit->a.device().is_cpu()) {  // cutouts decontaminate on the CPU: a small copy
+      m.mask = m.mask.to(to);
+      m.alpha = m.alpha.to(to);
+      if (!fit->a.device().is_cpu() && to.is_cpu()) {  // cutouts decontaminate on the CPU: a small copy
         auto cpu = std::make_shared<RefineFit>(*fit);
         for (torch::Tensor* t : {&cpu->a, &cpu->b, &cpu->fg, &cpu->bg}) *t = t->to(torch::kCPU).contiguous();
         m.fit = std::move(cpu);
@@ -196,19 +218,23 @@ struct Predictor::Impl {
       m.mask = pre->mask_fused(logits, h, w, threshold);
     } else {
       // Threshold on the device, then copy only the result back.
-      m.mask = Preprocessor::mask_from_logits(pre->postprocess_logits(logits, h, w), threshold).to(torch::kCPU);
+      m.mask = Preprocessor::mask_from_logits(pre->postprocess_logits(logits, h, w), threshold).to(to);
     }
     m.alpha = m.mask * 255;
     return m;
   }
 
-  // Per photo, logits [H, W] at its own size -> finish(...) on the CPU.
+  // Per photo, logits [H, W] at its own size -> finish(...), where `output` puts it.
   std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images,
-                                 torch::Tensor (*finish)(const torch::Tensor&)) {
-    return run_each<torch::Tensor>(images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-      return finish(pre->postprocess_logits(logits, static_cast<int>(im.size(0)), static_cast<int>(im.size(1))))
-          .to(torch::kCPU);
-    });
+                                 torch::Tensor (*finish)(const torch::Tensor&), Output output) {
+    const torch::Device to = output_device(output);
+    return run_each<torch::Tensor>(
+        images,
+        [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+          return finish(pre->postprocess_logits(logits, static_cast<int>(im.size(0)), static_cast<int>(im.size(1))))
+              .to(to);
+        },
+        output);
   }
 };
 
@@ -257,23 +283,28 @@ Predictor::~Predictor() = default;
 Predictor::Predictor(Predictor&&) noexcept = default;
 Predictor& Predictor::operator=(Predictor&&) noexcept = default;
 
-torch::Tensor Predictor::predict(const torch::Tensor& image) const {
-  return predict_batch({image})[0];
+torch::Tensor Predictor::predict(const torch::Tensor& image, Output output) const {
+  return predict_batch({image}, output)[0];
 }
 
-std::vector<torch::Tensor> Predictor::predict_logits(const std::vector<torch::Tensor>& images) const {
-  return impl_->run(images, [](const torch::Tensor& logits) { return logits; });
+std::vector<torch::Tensor> Predictor::predict_logits(const std::vector<torch::Tensor>& images,
+                                                     Output output) const {
+  return impl_->run(images, [](const torch::Tensor& logits) { return logits; }, output);
 }
 
-std::vector<torch::Tensor> Predictor::predict_probabilities(
-    const std::vector<torch::Tensor>& images) const {
-  return impl_->run(images, [](const torch::Tensor& logits) { return torch::sigmoid(logits); });
+std::vector<torch::Tensor> Predictor::predict_probabilities(const std::vector<torch::Tensor>& images,
+                                                            Output output) const {
+  return impl_->run(images, [](const torch::Tensor& logits) { return torch::sigmoid(logits); }, output);
 }
 
-std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& images, bool refine) const {
-  return impl_->run_each<Matte>(images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-    return impl_->matte(logits, im, refine);
-  });
+std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& images, bool refine,
+                                             Output output) const {
+  return impl_->run_each<Matte>(
+      images,
+      [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+        return impl_->matte(logits, im, refine, output);
+      },
+      output);
 }
 
 std::vector<torch::Tensor> Predictor::predict_model_logits(const std::vector<torch::Tensor>& images) const {
@@ -287,11 +318,14 @@ Matte Predictor::matte_from_logits(const torch::Tensor& logits, const torch::Ten
   return impl_->matte(logits, image, refine);
 }
 
-std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Tensor>& images) const {
+std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Tensor>& images,
+                                                    Output output) const {
   return impl_->run_each<torch::Tensor>(
-      images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-        return impl_->matte(logits, im).mask;
-      });
+      images,
+      [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
+        return impl_->matte(logits, im, true, output).mask;
+      },
+      output);
 }
 
 torch::Tensor Predictor::cutout(const torch::Tensor& image, Background background) const {

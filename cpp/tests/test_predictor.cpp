@@ -198,4 +198,42 @@ TEST(PredictorCuda, RefinementOnTheGpuMatchesTheCpu) {
   }
 }
 
+// Output::kDevice: results left where the predictor runs. On the CPU that is the CPU, with the
+// values of the default call.
+TEST(Predictor, OutputOnTheDeviceOfACpuPredictorIsTheCpu) {
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  const carseg::Predictor predictor(fixtures() / "model");
+  const std::vector<torch::Tensor> images = carseg::test::png_photos(c);
+  const auto masks = predictor.predict_batch(images);
+  const auto here = predictor.predict_batch(images, carseg::Output::kDevice);
+  const auto mattes = predictor.predict_mattes(images, true, carseg::Output::kDevice);
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    EXPECT_TRUE(here[i].device().is_cpu());
+    EXPECT_TRUE(torch::equal(here[i], masks[i]));
+    EXPECT_TRUE(torch::equal(mattes[i].mask, masks[i]));
+  }
+}
+
+// A CUDA photo in, results left on the GPU: the same values the CPU copies hold.
+TEST(PredictorCuda, OutputOnTheDeviceStaysOnTheGpu) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  const carseg::Predictor gpu(fixtures() / "model", o);
+  std::vector<torch::Tensor> images = carseg::test::png_photos(c);
+  for (auto& im : images) im = im.to(torch::kCUDA);
+  const auto on_cpu = gpu.predict_mattes(images);
+  const auto on_gpu = gpu.predict_mattes(images, true, carseg::Output::kDevice);
+  const auto probs = gpu.predict_probabilities(images, carseg::Output::kDevice);
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    EXPECT_TRUE(on_gpu[i].mask.is_cuda() && on_gpu[i].alpha.is_cuda() && probs[i].is_cuda());
+    EXPECT_TRUE(on_cpu[i].mask.device().is_cpu());
+    EXPECT_TRUE(torch::equal(on_gpu[i].mask.cpu(), on_cpu[i].mask)) << c["images"][i]["name"];
+    EXPECT_TRUE(torch::equal(on_gpu[i].alpha.cpu(), on_cpu[i].alpha)) << c["images"][i]["name"];
+  }
+}
+
 }  // namespace

@@ -33,8 +33,11 @@ class Predictor:
     """An exported artifact folder run by the C++ core (libcarseg).
 
     Images are uint8 [H, W, 3] RGB: a C-contiguous numpy array (shared, not copied) or a torch
-    tensor on any device with any strides (shared). Numpy in gives numpy out; a tensor in gives
-    a CPU tensor out. Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError
+    tensor on any device with any strides (shared; a CUDA tensor is read where it is, after the
+    work queued on the current CUDA stream). Numpy in gives numpy out; a tensor in gives a CPU
+    tensor out; on_device=True gives torch tensors left on the predictor's device (CUDA masks
+    from a CUDA predictor, no copy back, ready for work queued next on the current CUDA stream).
+    Wrong type: TypeError; wrong dtype, shape or an empty image: ValueError
     ("image: expected uint8 [H, W, 3], got float32 [10, 10, 3]"); what the core refuses (a bad
     model folder, sha256 mismatch, CUDA asked for and absent, an image over MAX_PIXELS):
     CarsegError. Other C++ errors (torch's) arrive as RuntimeError with their message.
@@ -70,18 +73,33 @@ class Predictor:
         the model's mask resized, without the manifest's output.refine; softness overrides the
         refinement's soft-edge width. Raises CarsegError.
         """
-    def predict(self, image: _Image) -> _Image:
-        """uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}."""
     @overload
-    def predict_proba(self, image: _U8) -> _F32: ...
+    def predict(self, image: _Image, *, on_device: Literal[False] = False) -> _Image: ...
     @overload
-    def predict_proba(self, image: torch.Tensor) -> torch.Tensor: ...
-    def predict_proba(self, image: _U8 | torch.Tensor) -> _F32 | torch.Tensor:
+    def predict(self, image: _U8 | torch.Tensor, *, on_device: Literal[True]) -> torch.Tensor: ...
+    def predict(self, image: _U8 | torch.Tensor, *, on_device: bool = False) -> Any:
+        """uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1}; on_device=True: a tensor on the
+        predictor's device."""
+    @overload
+    def predict_proba(self, image: _U8, *, on_device: Literal[False] = False) -> _F32: ...
+    @overload
+    def predict_proba(self, image: torch.Tensor, *, on_device: bool = False) -> torch.Tensor: ...
+    @overload
+    def predict_proba(self, image: _U8, *, on_device: Literal[True]) -> torch.Tensor: ...
+    def predict_proba(self, image: _U8 | torch.Tensor, *, on_device: bool = False) -> Any:
         """uint8 [H, W, 3] RGB -> float32 [H, W] car probability; predict is proba > threshold."""
-    def predict_batch(self, images: Sequence[_U8 | torch.Tensor]) -> list[Any]:
+    def predict_batch(self, images: Sequence[_U8 | torch.Tensor], *, on_device: bool = False
+                      ) -> list[Any]:
         """Images of any sizes, run as one batch -> one mask each, at its image's size (numpy
-        for a numpy image, a CPU tensor for a tensor)."""
-    def predict_matte(self, image: _Image) -> tuple[_Image, _Image]:
+        for a numpy image, a CPU tensor for a tensor, a tensor on the predictor's device with
+        on_device=True)."""
+    @overload
+    def predict_matte(self, image: _Image, *, on_device: Literal[False] = False
+                      ) -> tuple[_Image, _Image]: ...
+    @overload
+    def predict_matte(self, image: _U8 | torch.Tensor, *, on_device: Literal[True]
+                      ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def predict_matte(self, image: _U8 | torch.Tensor, *, on_device: bool = False) -> Any:
         """uint8 [H, W, 3] RGB -> (mask uint8 [H, W] in {0, 1}, alpha uint8 [H, W] 0..255, above
         127 exactly where the mask is set)."""
     def cutout(self, image: _Image, background: str = "white", *, crop: int | None = None

@@ -300,6 +300,31 @@ def test_proba_batch_and_tensors(plain, photos: list[np.ndarray]) -> None:
     assert np.array_equal(predictor.predict(ro), mask)
 
 
+def test_on_device_gives_tensors_where_the_predictor_runs(predictor, photos: list[np.ndarray]
+                                                          ) -> None:
+    """on_device=True: torch tensors on the predictor's device (here the CPU), numpy in or not,
+    with the values the default call gives; a keyword only; and not for cutouts."""
+    im = photos[0]
+    mask, (m_mask, m_alpha) = predictor.predict(im), predictor.predict_matte(im)
+    got = predictor.predict(im, on_device=True)
+    assert isinstance(got, torch.Tensor) and got.device.type == "cpu"
+    assert np.array_equal(got.numpy(), mask)
+    got.add_(1)  # a normal tensor, not an inference tensor
+    proba = predictor.predict_proba(torch.from_numpy(im), on_device=True)
+    assert proba.dtype == torch.float32 and np.array_equal(proba.numpy(),
+                                                           predictor.predict_proba(im))
+    batch = predictor.predict_batch(photos, on_device=True)
+    assert all(isinstance(b, torch.Tensor) for b in batch)
+    for b, p in zip(batch, photos, strict=True):
+        assert np.array_equal(b.numpy(), predictor.predict(p))
+    d_mask, d_alpha = predictor.predict_matte(im, on_device=True)
+    assert np.array_equal(d_mask.numpy(), m_mask) and np.array_equal(d_alpha.numpy(), m_alpha)
+    with pytest.raises(TypeError):
+        predictor.predict(im, True)  # keyword only: a stray positional is not taken for it
+    with pytest.raises(TypeError):
+        predictor.cutout(im, on_device=True)
+
+
 def test_numpy_input_is_not_copied(plain, photos: list[np.ndarray]) -> None:
     """The core sees the caller's buffer: writing into it between calls changes the result."""
     predictor = plain
@@ -448,6 +473,60 @@ def test_cuda_matches_cpu(predictor, tiny_artifacts: Path, photos: list[np.ndarr
         assert _iou(a, gpu.predict(im) > 0) >= 0.99
         t = gpu.predict(torch.from_numpy(im).cuda())  # a CUDA tensor in, a CPU tensor out
         assert t.device.type == "cpu" and _iou(a, t.numpy() > 0) >= 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "plain"])
+def test_cuda_tensors_in_and_out(tiny_artifacts: Path, photos: list[np.ndarray],
+                                 refine: bool) -> None:
+    """A CUDA tensor in, on_device=True: CUDA masks, probabilities and mattes out, equal to what
+    the same predictor copies back to the CPU."""
+    gpu = carseg.Predictor(tiny_artifacts, device="cuda", refine=refine)
+    for im in photos:
+        t = torch.from_numpy(im).cuda()
+        on_cpu = gpu.predict(t)
+        mask = gpu.predict(t, on_device=True)
+        assert mask.is_cuda and mask.dtype == torch.uint8 and mask.shape == im.shape[:2]
+        assert torch.equal(mask.cpu(), on_cpu)
+        mask.add_(1)  # a normal tensor
+        from_numpy = gpu.predict(im, on_device=True)  # numpy in, asked for the device
+        assert from_numpy.is_cuda and torch.equal(from_numpy.cpu(), on_cpu)
+        proba = gpu.predict_proba(t, on_device=True)
+        assert proba.is_cuda and torch.allclose(proba.cpu(), gpu.predict_proba(t), atol=0)
+        d_mask, d_alpha = gpu.predict_matte(t, on_device=True)
+        c_mask, c_alpha = gpu.predict_matte(t)
+        assert d_mask.is_cuda and d_alpha.is_cuda
+        assert torch.equal(d_mask.cpu(), c_mask) and torch.equal(d_alpha.cpu(), c_alpha)
+    batch = gpu.predict_batch([torch.from_numpy(p).cuda() for p in photos], on_device=True)
+    for b, p in zip(batch, photos, strict=True):
+        assert b.is_cuda and torch.equal(b.cpu(), torch.from_numpy(gpu.predict(p)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_follow_the_callers_stream(tiny_artifacts: Path,
+                                                photos: list[np.ndarray]) -> None:
+    """The predictor works on its own stream. A photo still being written on the caller's
+    stream is read only once written, and a mask left on the device is complete for the
+    caller's next work: here the photo is copied in after a long GPU sleep, and the mask is
+    compared on the same stream at once. Without the two waits the predictor would read a
+    blank photo, or the comparison an unfinished mask."""
+    gpu = carseg.Predictor(tiny_artifacts, device="cuda")
+    im = photos[0]
+    expected = torch.from_numpy(gpu.predict(im)).cuda()
+    source = torch.from_numpy(im).cuda()
+    stream = torch.cuda.Stream()
+    for _ in range(3):
+        with torch.cuda.stream(stream):
+            photo = torch.zeros_like(source)
+            torch.cuda._sleep(200_000_000)  # about 0.1 s of GPU clock cycles
+            photo.copy_(source)
+            mask = gpu.predict(photo, on_device=True)
+            same = torch.equal(mask, expected)  # queued on `stream`, after the hand-over
+        assert same
+        del photo, mask
+    torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------- threads

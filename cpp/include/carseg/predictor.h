@@ -19,6 +19,11 @@ namespace carseg {
 /// CPU through ONNX Runtime; fp32 in and out.
 enum class Precision { kFp32, kFp16, kInt8 };
 enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
+/// Where a call's results are put: on the CPU (the default), or left on the predictor's
+/// device, so that a caller on CUDA gets CUDA tensors and no copy back. Results left on a CUDA
+/// device are ordered before whatever the caller's current CUDA stream does next, as any
+/// tensor made on that stream would be; on a CPU predictor the two are the same.
+enum class Output { kCpu, kDevice };
 
 /// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"/"onnx"; throw OptionError("precision" or
 /// "backend", ...) on anything else.
@@ -78,22 +83,26 @@ class Predictor {
   Predictor(Predictor&&) noexcept;
   Predictor& operator=(Predictor&&) noexcept;
 
-  /// uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1} on the CPU.
-  [[nodiscard]] torch::Tensor predict(const torch::Tensor& image_hwc_u8) const;
+  /// uint8 [H, W, 3] RGB -> uint8 mask [H, W] in {0, 1} on the CPU. An image may be on the CPU
+  /// or, for a CUDA predictor, on its device (read in place, after the work already queued on
+  /// the caller's current stream).
+  [[nodiscard]] torch::Tensor predict(const torch::Tensor& image_hwc_u8,
+                                      Output output = Output::kCpu) const;
   /// Images of different sizes in one forward pass -> one mask each.
-  [[nodiscard]] std::vector<torch::Tensor> predict_batch(
-      const std::vector<torch::Tensor>& images) const;
-  /// float32 logits [H, W] per image, on the CPU, at each image's own size.
-  [[nodiscard]] std::vector<torch::Tensor> predict_logits(
-      const std::vector<torch::Tensor>& images) const;
+  [[nodiscard]] std::vector<torch::Tensor> predict_batch(const std::vector<torch::Tensor>& images,
+                                                         Output output = Output::kCpu) const;
+  /// float32 logits [H, W] per image, at each image's own size.
+  [[nodiscard]] std::vector<torch::Tensor> predict_logits(const std::vector<torch::Tensor>& images,
+                                                          Output output = Output::kCpu) const;
   /// sigmoid of predict_logits.
   [[nodiscard]] std::vector<torch::Tensor> predict_probabilities(
-      const std::vector<torch::Tensor>& images) const;
-  /// Per image its mask and alpha matte (refine.h), on the CPU; with refinement also the fit
-  /// that cutouts use to decontaminate the edge. refine = false skips the refinement for this
-  /// call (a front end's per-request switch).
+      const std::vector<torch::Tensor>& images, Output output = Output::kCpu) const;
+  /// Per image its mask and alpha matte (refine.h); with refinement also the fit that cutouts
+  /// use to decontaminate the edge (on the CPU when the output is). refine = false skips the
+  /// refinement for this call (a front end's per-request switch).
   [[nodiscard]] std::vector<Matte> predict_mattes(const std::vector<torch::Tensor>& images,
-                                                  bool refine = true) const;
+                                                  bool refine = true,
+                                                  Output output = Output::kCpu) const;
   /// The two halves of predict_mattes, for a caller that spreads the second over threads (the
   /// folder pipeline): the model's logits [1, S, S] per image (on the predictor's device), and
   /// one image's matte from its logits. matte_from_logits needs no lock: any number of threads

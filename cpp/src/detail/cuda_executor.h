@@ -22,11 +22,18 @@ class CudaExecutor {
   CudaExecutor(const CudaExecutor&) = delete;
   CudaExecutor& operator=(const CudaExecutor&) = delete;
 
-  /// Runs `f` with the executor's stream as the current CUDA stream.
+  /// Runs `f` with the executor's stream as the current CUDA stream. The stream that was
+  /// current before (the caller's) is remembered for upload and hand_over.
   void on_stream(const std::function<void()>& f);
   /// CPU images -> the same images on the device: one copy into the pinned buffer each, then
-  /// one asynchronous upload on the stream. Device images are passed through.
+  /// one asynchronous upload on the stream. Device images are read in place: the stream first
+  /// waits for the work queued on the caller's stream (which may still be writing them), and
+  /// the caching allocator is told that the stream reads them.
   [[nodiscard]] std::vector<torch::Tensor> upload(const std::vector<torch::Tensor>& images);
+  /// Results made on the stream, handed to the caller as device tensors: the caller's stream
+  /// waits for the stream's work so far, and the caching allocator is told that the caller's
+  /// stream uses them (so that their memory is not reused under it once freed).
+  void hand_over(const std::vector<torch::Tensor>& results);
   /// The backend's logits for `x` from the CUDA graph of x's shape (a static output, valid
   /// until the next replay); undefined when that graph could not be captured (then run eager).
   [[nodiscard]] torch::Tensor replay(const torch::Tensor& x);
