@@ -193,6 +193,14 @@ e2e() {
   "$INFER" infer --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" \
     --input "$photos" --output "$WORK/e2e_out14" --batch 16 --workers 14 \
     --report "$WORK/e2e_report14.json" || return 1
+  # JPEGs decoded on the GPU by nvJPEG (new, never run on a GPU yet): a failure here is logged
+  # and recorded in e2e.json, and does not fail the step.
+  rm -f "$WORK/e2e_report_nvjpeg.json"
+  if [ "$DEVICE" != cpu ]; then
+    "$INFER" infer --model "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC" \
+      --input "$photos" --output "$WORK/e2e_out_nvjpeg" --batch 16 --workers 14 --decode gpu \
+      --report "$WORK/e2e_report_nvjpeg.json" || echo "e2e --decode gpu: exit $?"
+  fi
   "$PY" - "$WORK" "$photos" "$cold" "$OUT/e2e.json" "$DEVICE" <<'PY'
 import json, sys, time
 from pathlib import Path
@@ -201,6 +209,8 @@ work, photos, cold, out, device = Path(sys.argv[1]), Path(sys.argv[2]), float(sy
     sys.argv[4], sys.argv[5]
 rep = json.loads((work / "e2e_report.json").read_text())
 rep14 = json.loads((work / "e2e_report14.json").read_text())
+nv_file = work / "e2e_report_nvjpeg.json"
+nv = json.loads(nv_file.read_text()) if nv_file.is_file() else {"error": "not run or no report"}
 from benchmarks import seed_script  # the seed tutorial's way: cv2, albumentations, eager torch
 
 files = sorted(photos.glob("*.jpg"))[:64]  # the seed's way is slow: 64 photos tell its rate
@@ -208,6 +218,8 @@ seed = seed_script.run(work / "art32", files, work / "seed_out", device=device)
 json.dump({"images": rep["succeeded"], "carseg_infer_images_per_s": rep["images_per_second"],
            "seconds": rep["seconds"], "stages": rep.get("stages"),
            "workers_14": {k: rep14.get(k) for k in ("images_per_second", "seconds", "stages")},
+           "nvjpeg_14": {k: nv.get(k) for k in ("images_per_second", "seconds", "stages",
+                                                 "succeeded", "failed", "error", "decode")},
            "seed_script": seed, "cold_start_s": cold, "device": device,
            "photo_size": "1918x1280"}, open(out, "w"), indent=1)
 print(open(out).read())

@@ -150,7 +150,7 @@ std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predict
                                                 int jpeg_quality, bool overwrite,
                                                 std::int64_t max_bytes_in_flight,
                                                 const py::object& progress, bool matte,
-                                                std::optional<int> crop) {
+                                                std::optional<int> crop, const std::string& decode) {
   carseg::PipelineOptions options;
   options.batch = batch;
   options.workers = workers;
@@ -160,6 +160,10 @@ std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predict
   if (cutout) options.cutout = carseg::Backdrop::parse(*cutout);
   options.jpeg_quality = jpeg_quality;
   options.matte = matte;
+  if (decode != "cpu" && decode != "gpu") {
+    throw carseg::OptionError("decode", "expected cpu or gpu, got \"" + decode + "\"");
+  }
+  options.gpu_decode = decode == "gpu";
   if (crop) {
     if (*crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
     options.crop_margin = *crop;
@@ -446,10 +450,11 @@ matte. crop=MARGIN: only the car's box grown by MARGIN pixels a side.)")
            py::arg("workers") = 2, py::arg("cutout") = "white", py::arg("jpeg_quality") = 95,
            py::arg("overwrite") = false, py::arg("max_bytes_in_flight") = std::int64_t{1} << 30,
            py::arg("progress") = py::none(), py::arg("matte") = false, py::arg("crop") = py::none(),
-           py::keep_alive<1, 2>(),  // the pipeline holds a reference to the predictor
+           py::arg("decode") = "cpu", py::keep_alive<1, 2>(),  // the pipeline holds a reference to the predictor
            R"(batch: photos per forward pass; workers: decode threads and as many encode threads;
 cutout "white", "transparent", "#RRGGBB", an image file's path, or None (masks only); matte:
-also write NAME_alpha.png; crop=MARGIN: cutouts cropped to the car's box grown by MARGIN; overwrite: replace outputs already there (by
+also write NAME_alpha.png; crop=MARGIN: cutouts cropped to the car's box grown by MARGIN; decode="gpu" (CUDA predictor):
+JPEGs decoded on the GPU with nvJPEG; overwrite: replace outputs already there (by
 default a photo whose outputs exist is refused); max_bytes_in_flight: decoded photos held at
 once; progress(done, total, failed, last), called after each batch and at the end.)")
       .def(

@@ -309,6 +309,7 @@ ImageInfo peek_image(std::span<const std::uint8_t> bytes, const std::string& nam
                             tjGetErrorStr2(tj.get()));
     }
     info.format = "jpeg";
+    info.cmyk = colorspace == TJCS_CMYK || colorspace == TJCS_YCCK;
   } else if (format != Format::kUnknown) {
     int comp = 0;
     if (!stbi_info_from_memory(bytes.data(), static_cast<int>(std::min<std::size_t>(bytes.size(), INT32_MAX)),

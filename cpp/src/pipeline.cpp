@@ -6,11 +6,14 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
+#include <cstdio>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "carseg/error.h"
 #include "carseg/image_io.h"
+#include "detail/gpu_jpeg.h"
 #include "detail/queues.h"
 
 namespace carseg {
@@ -43,11 +46,18 @@ bool same_folder(const fs::path& a, const fs::path& b) {
 // A decoded photo on its way through the stages, and the bytes it holds of the budget.
 struct Item {
   std::size_t index = 0;
-  Image image;
+  Image image;             // without pixels when the photo was decoded on the GPU
+  torch::Tensor on_gpu;    // uint8 [H, W, 3] on the device (gpu_decode)
   Matte matte;
   torch::Tensor logits;  // the model's, when the matte is made on an encode thread (CPU)
   std::int64_t reserved = 0;
 };
+
+// Whether a JPEG file ends with its end-of-image marker. One cut short goes to the CPU decoder,
+// which says what is wrong with it; nvJPEG may decode what it has without a word.
+bool ends_whole(const std::vector<std::uint8_t>& jpeg) {
+  return jpeg.size() >= 4 && jpeg[jpeg.size() - 2] == 0xFF && jpeg[jpeg.size() - 1] == 0xD9;
+}
 
 bool name_taken(const fs::path& p) {  // by anything, a dangling link included
   std::error_code ec;
@@ -139,7 +149,11 @@ Pipeline::Pipeline(const Predictor& predictor, PipelineOptions options)
   if (options_.jpeg_quality < 1 || options_.jpeg_quality > 100) {
     throw OptionError("jpeg_quality", "expected 1 to 100, got " + std::to_string(options_.jpeg_quality));
   }
+  if (options_.gpu_decode) gpu_jpeg_ = std::make_unique<detail::GpuJpegDecoder>(predictor_.device());
 }
+
+Pipeline::~Pipeline() = default;
+Pipeline::Pipeline(Pipeline&&) noexcept = default;
 
 // Decode on worker threads, infer in batches on this thread, encode on worker threads; the
 // bounded queues keep memory flat while the three stages overlap.
@@ -207,6 +221,14 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
   };
 
   auto decode = [&] {
+    std::optional<detail::GpuJpegDecoder::Session> gpu;
+    if (gpu_jpeg_) {
+      try {
+        gpu.emplace(*gpu_jpeg_);
+      } catch (const std::exception& e) {  // this worker decodes on the CPU
+        std::fprintf(stderr, "carseg: GPU decoding off on one worker: %s\n", e.what());
+      }
+    }
     for (std::size_t i; (i = next++) < n;) {
       std::int64_t reserved = 0;
       try {
@@ -224,7 +246,18 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         item.index = i;
         item.reserved = need;
         t0 = Clock::now();
-        item.image = decode_image(bytes, photos[i].string(), opt.max_pixels, buffers.take());
+        if (gpu && info.format == "jpeg" && !info.cmyk && ends_whole(bytes)) {
+          try {
+            item.on_gpu = gpu->decode(bytes, info.width, info.height, photos[i].string());
+            item.image.width = info.width;
+            item.image.height = info.height;
+          } catch (const std::exception&) {  // the CPU decoder's verdict instead
+            item.on_gpu = torch::Tensor();
+          }
+        }
+        if (!item.on_gpu.defined()) {
+          item.image = decode_image(bytes, photos[i].string(), opt.max_pixels, buffers.take());
+        }
         decode_ns += since(t0);
         reserved = 0;  // the item carries it now
         if (!decoded.push(std::move(item))) return;  // the run was abandoned
@@ -321,8 +354,9 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
     std::vector<torch::Tensor> images;
     images.reserve(items.size());
     for (Item& it : items) {
-      images.push_back(torch::from_blob(it.image.pixels.data(), {it.image.height, it.image.width, 3},
-                                        torch::kUInt8));
+      images.push_back(it.on_gpu.defined() ? it.on_gpu
+                                           : torch::from_blob(it.image.pixels.data(),
+                                                              {it.image.height, it.image.width, 3}, torch::kUInt8));
     }
     try {
       // On the CPU the matte (resize, refinement) is made on the encode threads, so that it
@@ -339,6 +373,15 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
           items[k].matte = std::move(mattes[k]);
         } else {
           items[k].logits = std::move(logits[k]);
+        }
+        if (items[k].on_gpu.defined()) {
+          if (opt.cutout) {  // the cutout is composited on the CPU
+            Image& im = items[k].image;
+            im.pixels = buffers.take();
+            im.pixels.resize(static_cast<std::size_t>(im.width) * im.height * 3);
+            torch::from_blob(im.pixels.data(), {im.height, im.width, 3}, torch::kUInt8).copy_(items[k].on_gpu);
+          }
+          items[k].on_gpu = torch::Tensor();
         }
       }
       infer_ns += since(t0);

@@ -10,6 +10,7 @@
 #include "carseg/image_io.h"
 #include "carseg/pipeline.h"
 #include "carseg/predictor.h"
+#include "detail/gpu_jpeg.h"
 #include "detail/queues.h"
 #include "test_util.h"
 
@@ -176,6 +177,100 @@ TEST(PipelineCuda, FolderRunOnTheGpuMatchesTheCpu) {
   }
   const auto graphs = gpu.captured_batch_sizes();
   EXPECT_FALSE(graphs.empty());
+}
+
+// GPU JPEG decoding (PipelineOptions::gpu_decode, detail/gpu_jpeg.h): refused, with the reason,
+// for a CPU device and a CPU predictor's pipeline, and without a GPU.
+TEST(GpuJpeg, NeedsACudaDevice) {
+  try {
+    const carseg::detail::GpuJpegDecoder d(torch::Device(torch::kCPU));
+    FAIL() << "expected carseg::OptionError";
+  } catch (const carseg::OptionError& e) {
+    EXPECT_NE(std::string(e.what()).find("GPU decoding needs a CUDA device"), std::string::npos) << e.what();
+  }
+  if (!carseg::cuda_available()) {
+    try {
+      const carseg::detail::GpuJpegDecoder d(torch::Device(torch::kCUDA, 0));
+      FAIL() << "expected carseg::OptionError";
+    } catch (const carseg::OptionError& e) {
+      EXPECT_NE(std::string(e.what()).find("decode: GPU decoding needs"), std::string::npos) << e.what();
+    }
+  }
+  CARSEG_REQUIRE_FIXTURES();
+  const carseg::Predictor cpu(fixtures() / "model");
+  carseg::PipelineOptions opt;
+  opt.gpu_decode = true;
+  EXPECT_THROW(carseg::Pipeline(cpu, opt), carseg::OptionError);
+}
+
+// nvJPEG's library loads and has the functions used, GPU or not, where the build found one
+// (torch's CUDA wheels and torchvision's bring it).
+TEST(GpuJpeg, LoadsNvjpeg) {
+  std::string path;
+  try {
+    path = carseg::detail::GpuJpegDecoder::load_library();
+  } catch (const carseg::OptionError& e) {
+    GTEST_SKIP() << "no nvJPEG here: " << e.what();
+  }
+  EXPECT_NE(path.find("nvjpeg"), std::string::npos) << path;
+}
+
+// JPEG copies of three fixture photos, and one cut short after its header.
+fs::path make_jpegs(const TempDir& dir) {
+  const fs::path in = dir / "jpegs";
+  fs::create_directories(in);
+  const auto c = cases();
+  std::vector<std::uint8_t> jpeg;
+  for (int i : {0, 2, 4}) {
+    const std::string name = c["images"][i]["name"].get<std::string>();
+    jpeg = carseg::encode_jpeg(carseg::read_image(fixtures() / (name + ".png")), 92);
+    carseg::write_file_atomic(in / (name + ".jpg"), jpeg);
+  }
+  jpeg.resize(jpeg.size() / 2);
+  carseg::write_file_atomic(in / "truncated.jpg", jpeg);
+  return in;
+}
+
+// On a GPU: the folder run with JPEGs decoded by nvJPEG gives the masks of the CPU decoder's
+// run and cutouts within a few levels (nvJPEG converts colours and upsamples chroma its own
+// way); a truncated JPEG is its own error; masks-only runs need no copy back.
+TEST(PipelineCuda, GpuDecodingMatchesCpuDecoding) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  ASSERT_NO_THROW((void)carseg::detail::GpuJpegDecoder::load_library());
+  TempDir dir;
+  const std::vector<fs::path> photos = carseg::collect_photos({make_jpegs(dir)});
+  ASSERT_EQ(photos.size(), 4u);
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  const carseg::Predictor gpu(fixtures() / "model", o);
+  carseg::PipelineOptions opt;
+  opt.batch = 4;
+  const auto a = carseg::Pipeline(gpu, opt).run(photos, dir / "cpu_decode");
+  opt.gpu_decode = true;
+  const auto b = carseg::Pipeline(gpu, opt).run(photos, dir / "gpu_decode");
+  opt.cutout.reset();
+  const auto masks_only = carseg::Pipeline(gpu, opt).run(photos, dir / "gpu_masks");
+  ASSERT_EQ(a.succeeded(), 3u);
+  ASSERT_EQ(b.succeeded(), 3u);
+  ASSERT_EQ(masks_only.succeeded(), 3u);
+  for (std::size_t i = 0; i < photos.size(); ++i) {
+    if (photos[i].filename() == "truncated.jpg") {
+      EXPECT_FALSE(b.results[i].ok);
+      EXPECT_NE(b.results[i].error.find("truncated.jpg"), std::string::npos) << b.results[i].error;
+      continue;
+    }
+    ASSERT_TRUE(b.results[i].ok) << b.results[i].error;
+    carseg::Image ma = carseg::read_image(a.results[i].mask);
+    carseg::Image mb = carseg::read_image(b.results[i].mask);
+    carseg::Image mc = carseg::read_image(masks_only.results[i].mask);
+    EXPECT_GE(carseg::test::iou(as_tensor(ma), as_tensor(mb)), 0.99) << photos[i];
+    EXPECT_TRUE(torch::equal(as_tensor(mb), as_tensor(mc))) << photos[i];
+    carseg::Image ca = carseg::read_image(a.results[i].cutout);
+    carseg::Image cb = carseg::read_image(b.results[i].cutout);
+    const double diff = (as_tensor(ca).to(torch::kFloat32) - as_tensor(cb).to(torch::kFloat32)).abs().mean().item<double>();
+    EXPECT_LT(diff, 3.0) << photos[i];
+  }
 }
 
 // A producer blocked on a full queue wakes when the consumer gives up, and its item is dropped.

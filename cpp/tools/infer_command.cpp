@@ -23,6 +23,8 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --precision P        fp32 (default), fp16 (CUDA only) or int8 (CPU: the folder's
                        model.int8.onnx from `python -m export int8`, through ONNX Runtime)
   --batch N            images per forward pass (default 8)
+  --decode D           where the workers decode JPEG photos: cpu (default, libjpeg-turbo) or
+                       gpu (CUDA: nvJPEG; the photos stay on the GPU for the model)
   --threshold T        mask threshold in (0, 1) (default: manifest's output.threshold)
   --cutout MODE        white (JPEG, default), transparent (PNG with alpha) or none
   --background B       what is behind the car in the cutout: white (default), transparent
@@ -72,6 +74,10 @@ int cmd_infer(int argc, char** argv) {
       output = args.value(flag);
     } else if (flag == "--batch") {
       opt.batch = static_cast<int>(args.integer(flag, 1, 4096));
+    } else if (flag == "--decode") {
+      const std::string d = args.value(flag);
+      if (d != "cpu" && d != "gpu") throw UsageError("--decode: expected cpu or gpu, got \"" + d + "\"");
+      opt.gpu_decode = d == "gpu";
     } else if (flag == "--threshold") {
       const std::string v = args.value(flag);
       char* end = nullptr;
@@ -111,6 +117,9 @@ int cmd_infer(int argc, char** argv) {
   if (common.threads.size() > 1) throw UsageError("infer: --threads takes one number");
   if (inputs.empty()) throw UsageError("infer: --input is required");
   if (output.empty()) throw UsageError("infer: --output is required");
+  if (opt.gpu_decode && common.options.device.rfind("cuda", 0) != 0) {
+    throw UsageError("--decode gpu needs --device cuda (got --device " + common.options.device + ")");
+  }
   const std::vector<fs::path> photos = carseg::collect_photos(inputs, output);
   if (photos.empty()) throw UsageError("infer: no images (.jpg .jpeg .png .gif .bmp) in the inputs");
   carseg::prepare_output_folder(output);
@@ -134,7 +143,8 @@ int cmd_infer(int argc, char** argv) {
     const auto& rs = predictor->refine();
     std::cerr << "carseg_infer: " << predictor->device().str() << " " << carseg::to_string(predictor->precision())
               << " " << predictor->backend_name() << ", " << at::get_num_threads()
-              << " threads, " << opt.workers << "+" << opt.workers << " decode+encode workers, refinement "
+              << " threads, " << opt.workers << "+" << opt.workers << " decode+encode workers, JPEG decoding on the "
+              << (opt.gpu_decode ? "GPU" : "CPU") << ", refinement "
               << (rs ? "on (radius " + std::to_string(rs->radius).substr(0, 4) + " model px)" : "off")
               << ", cutout " << (opt.cutout ? opt.cutout->describe() : "none") << "\n";
     r = carseg::Pipeline(*predictor, opt).run(photos, output);
@@ -175,7 +185,7 @@ int cmd_infer(int argc, char** argv) {
                    {"infer_blocked_s", st.infer_blocked}, {"encode_s", st.encode},
                    {"workers", r.workers}};
     j.update({{"command", "infer"}, {"ok", r.failed() == 0}, {"threshold", predictor->threshold()},
-              {"batch", opt.batch},
+              {"batch", opt.batch}, {"decode", opt.gpu_decode ? "gpu" : "cpu"},
               {"background", opt.cutout ? json(opt.cutout->describe()) : json(nullptr)},
               {"inputs", r.results.size()}, {"succeeded", r.succeeded()}, {"failed", r.failed()},
               {"seconds", r.seconds}, {"images_per_second", r.images_per_second()},

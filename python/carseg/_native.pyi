@@ -193,10 +193,12 @@ class Pipeline:
         progress: Callable[[int, int, int, bool], object] | None = None,
         matte: bool = False,
         crop: int | None = None,
+        decode: Literal["cpu", "gpu"] = "cpu",
     ) -> None:
         """cutout: white, transparent, #RRGGBB, an image file's path, or None (masks only);
         matte: also NAME_alpha.png; crop=MARGIN: cutouts cropped to the car's box grown by
-        MARGIN. progress(done, total, failed, last) is called after each batch and at the end.
+        MARGIN; decode="gpu" (a CUDA predictor): JPEGs decoded on the GPU with nvJPEG.
+        progress(done, total, failed, last) is called after each batch and at the end.
         Raises CarsegError for a bad option ("batch: expected at least 1, got 0")."""
     def run(self, photos: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]
             ) -> PipelineReport:

@@ -126,6 +126,13 @@ def test_usage_errors_exit_2(fixtures: Path, photos: Path, tmp_path: Path) -> No
     r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", tmp_path / "o",
             "--threshold", "2")
     assert r.returncode == 2 and "--threshold" in r.stderr
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", tmp_path / "o",
+            "--decode", "nvjpeg")
+    assert r.returncode == 2 and '--decode: expected cpu or gpu, got "nvjpeg"' in r.stderr
+    r = run("infer", "--model", fixtures / "model", "--input", photos, "--output", tmp_path / "d",
+            "--decode", "gpu")
+    assert r.returncode == 2 and "--decode gpu needs --device cuda" in r.stderr
+    assert not (tmp_path / "d").exists()  # refused before any work
     assert run("infer", "--help").returncode == 0
     assert "--iters" in run("bench", "--help").stdout
 
@@ -159,6 +166,22 @@ def test_cuda_fp16_folder_run_matches_the_cpu(fixtures: Path, photos: Path,
         a = np.asarray(Image.open(tmp_path / "cpu" / f"{p.stem}_mask.png")) > 0
         b = np.asarray(Image.open(tmp_path / "cuda" / f"{p.stem}_mask.png")) > 0
         assert (a & b).sum() / max(1, (a | b).sum()) >= 0.98, p.name
+    # JPEGs decoded on the GPU (nvJPEG): the masks of the CPU decoder's run, to a few pixels.
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for p in photos.iterdir():
+        Image.open(p).convert("RGB").save(jpegs / f"{p.stem}.jpg", quality=92)
+    for decode in ("cpu", "gpu"):
+        r = run("infer", "--model", fixtures / "model", "--input", jpegs, "--output",
+                tmp_path / f"jpeg_{decode}", "--device", "cuda", "--decode", decode, "--report",
+                tmp_path / f"jpeg_{decode}.json")
+        assert r.returncode == 0, r.stderr
+        assert f"JPEG decoding on the {decode.upper()}" in r.stderr
+    assert json.loads((tmp_path / "jpeg_gpu.json").read_text())["decode"] == "gpu"
+    for p in jpegs.iterdir():
+        a = np.asarray(Image.open(tmp_path / "jpeg_cpu" / f"{p.stem}_mask.png")) > 0
+        b = np.asarray(Image.open(tmp_path / "jpeg_gpu" / f"{p.stem}_mask.png")) > 0
+        assert (a & b).sum() / max(1, (a | b).sum()) >= 0.99, p.name
     r = run("bench", "--model", fixtures / "model", "--device", "cuda", "--precision", "fp16",
             "--batch", "1,4", "--iters", "5", "--json", tmp_path / "bench.json")
     assert r.returncode == 0, r.stderr

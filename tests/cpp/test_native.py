@@ -505,6 +505,23 @@ def test_cuda_tensors_in_and_out(tiny_artifacts: Path, photos: list[np.ndarray],
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pipeline_decodes_jpegs_on_the_gpu(tiny_artifacts: Path, jpegs: list[Path],
+                                          tmp_path: Path) -> None:
+    """Pipeline(decode="gpu"): nvJPEG's photos give the CPU decoder's masks, to a few pixels."""
+    from carseg import _native
+
+    gpu = carseg.Predictor(tiny_artifacts, device="cuda")
+    runs = {d: _native.Pipeline(gpu, decode=d).run(jpegs, tmp_path / d) for d in ("cpu", "gpu")}
+    for d, rep in runs.items():
+        assert rep["succeeded"] == len(jpegs), (d, rep)
+    for a, b in zip(runs["cpu"]["results"], runs["gpu"]["results"], strict=True):
+        ma = np.asarray(Image.open(a["mask"])) > 0
+        mb = np.asarray(Image.open(b["mask"])) > 0
+        assert _iou(ma, mb) >= 0.99, a["input"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_tensors_follow_the_callers_stream(tiny_artifacts: Path,
                                                 photos: list[np.ndarray]) -> None:
     """The predictor works on its own stream. A photo still being written on the caller's
@@ -696,6 +713,10 @@ def test_pipeline_binding_refuses_bad_options(predictor, tmp_path: Path) -> None
         _native.Pipeline(predictor, cutout="blue")
     with pytest.raises(CarsegError, match="crop: expected a margin >= 0 pixels, got -1"):
         _native.Pipeline(predictor, crop=-1)
+    with pytest.raises(CarsegError, match='decode: expected cpu or gpu, got "nvjpeg"'):
+        _native.Pipeline(predictor, decode="nvjpeg")
+    with pytest.raises(CarsegError, match='decode: GPU decoding needs a CUDA device, got "cpu"'):
+        _native.Pipeline(predictor, decode="gpu")
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(CarsegError, match="cannot create the output folder"):
         _native.Pipeline(predictor).run([tmp_path / "x.jpg"], tmp_path / "file" / "out")

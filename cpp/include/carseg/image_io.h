@@ -39,6 +39,7 @@ struct ImageInfo {
   int width = 0;
   int height = 0;
   std::string format;  // "jpeg", "png", "gif" or "bmp"
+  bool cmyk = false;   // a CMYK or YCCK JPEG
 };
 /// The header of an encoded image; throws carseg::Error for one it cannot read or that is over
 /// `max_pixels`.

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,6 +13,9 @@
 #include "carseg/predictor.h"
 
 namespace carseg {
+namespace detail {
+class GpuJpegDecoder;
+}
 
 // ---- output names: what a run writes for each photo, in every front end -----------------------
 
@@ -60,6 +64,12 @@ struct PipelineOptions {
   /// Bytes of decoded photos (and their masks) held at once, however many photos are queued.
   std::int64_t max_bytes_in_flight = 1LL << 30;
   std::int64_t max_pixels = kDefaultMaxPixels;  // per photo
+  /// CUDA predictors: the decode workers decode JPEG photos on the GPU (nvJPEG,
+  /// detail/gpu_jpeg.h; each worker its own nvJPEG state and CUDA stream), and the model reads
+  /// them there in place. Other formats, CMYK JPEGs, JPEGs cut short, and any JPEG nvJPEG
+  /// refuses (which then gets the CPU decoder's verdict) are decoded on the CPU. A photo whose
+  /// cutout is wanted is copied back to the CPU for compositing and encoding.
+  bool gpu_decode = false;
   /// Called on the inferring thread after each batch and once at the end (last = true).
   std::function<void(std::size_t done, std::size_t total, std::size_t failed, bool last)> progress;
 };
@@ -111,6 +121,8 @@ struct PipelineReport {
 class Pipeline {
  public:
   Pipeline(const Predictor& predictor, PipelineOptions options);
+  ~Pipeline();
+  Pipeline(Pipeline&&) noexcept;
   /// Throws carseg::Error only when `output` cannot be created or written (write = true).
   [[nodiscard]] PipelineReport run(const std::vector<std::filesystem::path>& photos,
                                    const std::filesystem::path& output) const;
@@ -119,6 +131,7 @@ class Pipeline {
  private:
   const Predictor& predictor_;
   PipelineOptions options_;
+  std::unique_ptr<const detail::GpuJpegDecoder> gpu_jpeg_;  // with options.gpu_decode
 };
 
 }  // namespace carseg
