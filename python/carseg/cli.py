@@ -144,7 +144,10 @@ def cmd_cutout(args: argparse.Namespace) -> int:
                                precision=args.precision, threshold=args.threshold,
                                refine=not args.no_refine, softness=args.softness)
     refine = getattr(predictor, "refine", None)
-    log.info("carseg cutout: %s on %s, refinement %s", args.backend,
+    runtime = getattr(predictor, "backend", args.backend)
+    log.info("carseg cutout: %s%s %s on %s, refinement %s", args.backend,
+             f" ({runtime})" if runtime != args.backend else "",
+             getattr(predictor, "precision", args.precision),
              getattr(predictor, "device", args.device),
              "off" if not refine else f"on (radius {_field(refine, 'radius')} model px)")
     if streaming:
@@ -275,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "  carseg cutout - --model demo/artifacts --output - --background "
                               "'#2060c0' --crop 20 < car.jpg > car_cutout.jpg")
     _model_args(s, ["native", "torchscript", "onnx", "aoti"], stdio=True)
-    s.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp16 needs CUDA and the native backend")
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
+                   help="fp16 needs CUDA and the native backend; int8 runs the folder's "
+                        "model.int8.onnx (python -m export int8) on the CPU, with the native "
+                        "or the onnx backend")
     s.add_argument("--threshold", type=float, help="override the manifest's threshold")
     s.add_argument("--background", default="white", metavar="B",
                    help="what is behind the car: white, #RRGGBB or an image file (resized to "

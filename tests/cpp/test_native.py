@@ -740,3 +740,35 @@ def test_int8_runs_the_quantized_model_on_onnx_runtime(tiny_int8: Path, tiny_art
     if not torch.cuda.is_available():
         with pytest.raises(CarsegError, match="CUDA requested but not available"):
             carseg.Predictor(tiny_int8, precision="int8", device="cuda")
+
+
+def test_python_reference_runs_int8_as_the_core_does(tiny_int8: Path, tiny_artifacts: Path,
+                                                     photos: list[np.ndarray], jpegs: list[Path],
+                                                     tmp_path: Path) -> None:
+    """ReferencePredictor(precision="int8") runs the same model.int8.onnx on ONNX Runtime from
+    Python: the C++ core's masks and mattes, and open_predictor and `carseg cutout` reach it."""
+    from carseg.runtime.predictor import open_predictor
+    from carseg.runtime.reference import ReferencePredictor
+
+    _onnx_or_skip(tiny_int8)
+    core = carseg.Predictor(tiny_int8, precision="int8")
+    ref = ReferencePredictor(tiny_int8, backend="onnx", precision="int8")
+    assert ref.precision == "int8" and "precision='int8'" in repr(ref)
+    assert ref.path.name == "model.int8.onnx"
+    for im in photos:
+        assert _iou(ref.predict(im) > 0, core.predict(im) > 0) >= 0.999
+        (_, a_ref), (_, a_core) = ref.predict_matte(im), core.predict_matte(im)
+        assert np.abs(a_ref.astype(int) - a_core.astype(int)).max() <= 2
+    assert open_predictor(tiny_int8, backend="onnx", precision="int8").precision == "int8"
+    out = subprocess.run([sys.executable, "-m", "carseg", "cutout", str(jpegs[0]), "--model",
+                          str(tiny_int8), "--output", str(tmp_path), "--backend", "onnx",
+                          "--precision", "int8", "--background", "transparent"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "carseg cutout: onnx int8 on cpu" in out.stderr, out.stderr
+    alpha = np.asarray(Image.open(tmp_path / f"{jpegs[0].stem}_cutout.png"))[..., 3]
+    assert np.abs(alpha.astype(int) - ref.predict_matte(read_rgb(jpegs[0]))[1]).max() <= 1
+    with pytest.raises(ValueError, match="use backend 'onnx', not 'torchscript'"):
+        ReferencePredictor(tiny_int8, backend="torchscript", precision="int8")
+    with pytest.raises(ValueError, match="no 'onnx_int8' artifact"):
+        ReferencePredictor(tiny_artifacts, backend="onnx", precision="int8")

@@ -36,8 +36,9 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
                               f"`pip install --no-build-isolation -e .`") from None
         return _native.Predictor(str(model_dir), device=device, precision=precision,
                                  threshold=threshold, refine=refine, softness=softness)
-    if precision != "fp32":
+    if precision not in ("fp32", "int8"):
         raise ValueError(f"precision {precision}: the Python backends run the artifact's own "
                          f"precision; export an fp16 folder instead")
     return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold,
-                              refine=refine, softness=softness)
+                              refine=refine, softness=softness,
+                              precision="int8" if precision == "int8" else None)

@@ -28,7 +28,7 @@ import torch
 
 from carseg.errors import CarsegError
 from carseg.runtime import refine
-from carseg.runtime.manifest import load_manifest, model_bytes
+from carseg.runtime.manifest import INT8_NAME, load_manifest, model_bytes
 from carseg.runtime.preprocess import mask_from_logits, postprocess_logits, preprocess_batch
 from carseg.runtime.refine import RefineSpec
 
@@ -151,15 +151,30 @@ class ReferencePredictor:
 
     def __init__(self, model_dir: str | Path, backend: str = "torchscript",
                  device: str | torch.device = "cpu", threshold: float | None = None,
-                 refine: bool = True, softness: float | None = None) -> None:
+                 refine: bool = True, softness: float | None = None,
+                 precision: str | None = None) -> None:
         """`refine`: apply the manifest's output.refine (where it has one); False gives the
-        model's mask resized. `softness` overrides the refinement's soft-edge width."""
+        model's mask resized. `softness` overrides the refinement's soft-edge width.
+        `precision`: None or the folder's own runs the backend's artifact; "int8" runs the
+        statically quantized ONNX model (artifacts.onnx_int8, `python -m export int8`) on ONNX
+        Runtime (backend "onnx")."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
         source = str(self.model_dir / "manifest.json")
-        self.artifact: dict[str, Any] = self.manifest.artifact(backend, source=source)
+        name = backend
+        if precision == "int8":
+            if backend != "onnx":
+                raise ValueError(f"precision int8: the quantized model runs on ONNX Runtime; "
+                                 f"use backend 'onnx', not {backend!r}")
+            name = INT8_NAME
+        elif precision not in (None, self.manifest.artifact(backend, source=source)["precision"]):
+            raise ValueError(f"precision {precision}: {source} has {backend} in "
+                             f"{self.manifest.artifact(backend, source=source)['precision']}"
+                             f"; export a {precision} folder, or use int8 with backend onnx")
+        self.artifact: dict[str, Any] = self.manifest.artifact(name, source=source)
+        self.precision: str = self.artifact["precision"]
         self.backend = backend
         self.device = _device(device)
         self.spec = self.manifest.spec
@@ -170,7 +185,7 @@ class ReferencePredictor:
         if self.dtype is None:
             raise ValueError(f"{source}: input.dtype: expected one of {sorted(_DTYPES)}, got "
                              f"{self.manifest.input['dtype']!r}")
-        self.path, data = model_bytes(self.model_dir, self.manifest, backend)
+        self.path, data = model_bytes(self.model_dir, self.manifest, name)
         self._run = load_backend(self.path, backend, self.device, self.artifact["device"],
                                  data=data)
         self.dynamic_batch = bool(self.artifact["dynamic"]["batch"])
@@ -180,7 +195,8 @@ class ReferencePredictor:
 
     def __repr__(self) -> str:
         return (f"ReferencePredictor({str(self.model_dir)!r}, backend={self.backend!r}, "
-                f"device={str(self.device)!r}, threshold={self.threshold}, "
+                f"precision={self.precision!r}, device={str(self.device)!r}, "
+                f"threshold={self.threshold}, "
                 f"refine={self.refine is not None})")
 
     # ---- the model alone --------------------------------------------------------------------
