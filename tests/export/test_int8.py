@@ -86,3 +86,17 @@ def test_manifest_checks_the_int8_entry(tiny_int8: Path, tmp_path: Path, change,
     (folder / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_manifest(folder)
+
+
+def test_manifest_refuses_a_calibration_on_another_artifact(tiny_int8: Path,
+                                                            tmp_path: Path) -> None:
+    from carseg.runtime.manifest import load_manifest
+
+    folder = tmp_path / "art"
+    shutil.copytree(tiny_int8, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["artifacts"]["onnx"]["calibration"] = m["artifacts"]["onnx_int8"]["calibration"]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"artifacts\.onnx\.calibration: only the int8 "
+                                         r"artifact \(onnx_int8\) is calibrated; onnx is fp32"):
+        load_manifest(folder)

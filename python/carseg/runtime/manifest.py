@@ -161,6 +161,9 @@ class Manifest:
                 if "calibration" not in a:
                     raise ValueError(f"{where}: an int8 artifact records its calibration")
                 _check_fields(f"{where}.calibration", a["calibration"], _CALIBRATION)
+            elif "calibration" in a:
+                raise ValueError(f"{where}.calibration: only the int8 artifact ({INT8_NAME}) "
+                                 f"is calibrated; {name} is {a['precision']}")
             if not a["file"] or len(a["file"]) > 255 or Path(a["file"]).name != a["file"] \
                     or a["file"] in (".", ".."):
                 raise ValueError(f"{where}.file: expected a file name in the folder, "
