@@ -6,6 +6,27 @@
 # Sets Torch_DIR (unless given), CUDA hints and CARSEG_SITE_PACKAGES; does not call find_package.
 include_guard(GLOBAL)
 
+# carseg_first_glob(VAR DOC GLOB... [EXCLUDE REGEX]): unless VAR is already set, the first file
+# the globs find, tried in the order given (without the names matching REGEX), cached as a
+# FILEPATH with DOC. Nothing found leaves VAR unset.
+function(carseg_first_glob var doc)
+  cmake_parse_arguments(PARSE_ARGV 2 _arg "" "EXCLUDE" "")
+  if(${var})
+    return()
+  endif()
+  foreach(_glob IN LISTS _arg_UNPARSED_ARGUMENTS)
+    file(GLOB _found "${_glob}")
+    if(_arg_EXCLUDE)
+      list(FILTER _found EXCLUDE REGEX "${_arg_EXCLUDE}")
+    endif()
+    if(_found)
+      list(GET _found 0 _first)
+      set(${var} "${_first}" CACHE FILEPATH "${doc}")
+      return()
+    endif()
+  endforeach()
+endfunction()
+
 if(NOT CARSEG_PYTHON_EXECUTABLE AND NOT Torch_DIR)
   if(DEFINED Python_EXECUTABLE AND EXISTS "${Python_EXECUTABLE}")
     set(_carseg_py "${Python_EXECUTABLE}")
@@ -60,15 +81,9 @@ if(EXISTS "${Torch_DIR}/../Caffe2/public/cuda.cmake")
   if(CUDAToolkit_ROOT AND NOT CMAKE_CUDA_COMPILER AND EXISTS "${CUDAToolkit_ROOT}/bin/nvcc")
     set(CMAKE_CUDA_COMPILER "${CUDAToolkit_ROOT}/bin/nvcc" CACHE FILEPATH "nvcc")
   endif()
-  if(NOT CUDA_nvrtc_LIBRARY)
-    file(GLOB _carseg_nvrtc
-         "${CARSEG_SITE_PACKAGES}/nvidia/cu*/lib/libnvrtc.so.*"
-         "${CARSEG_SITE_PACKAGES}/nvidia/cuda_nvrtc/lib/libnvrtc.so.*")
-    list(FILTER _carseg_nvrtc EXCLUDE REGEX "builtins|alt")
-    if(_carseg_nvrtc)
-      list(GET _carseg_nvrtc 0 _carseg_nvrtc)
-      set(CUDA_nvrtc_LIBRARY "${_carseg_nvrtc}" CACHE FILEPATH "libnvrtc from the torch wheel")
-    endif()
-  endif()
+  carseg_first_glob(CUDA_nvrtc_LIBRARY "libnvrtc from the torch wheel"
+                    "${CARSEG_SITE_PACKAGES}/nvidia/cu*/lib/libnvrtc.so.*"
+                    "${CARSEG_SITE_PACKAGES}/nvidia/cuda_nvrtc/lib/libnvrtc.so.*"
+                    EXCLUDE "builtins|alt")
 endif()
 
