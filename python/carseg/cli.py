@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from carseg import __version__
 from carseg.errors import CarsegError
@@ -130,7 +129,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_cutout(args: argparse.Namespace) -> int:
     from carseg.apps.cutout import Outputs, cutout_stream, run_cutout
-    from carseg.runtime.predictor import open_predictor
+    from carseg.runtime.predictor import describe, open_predictor
 
     outputs = Outputs(background=None if args.mask_only else args.background, crop=args.crop,
                       matte=args.matte, quality=args.quality)
@@ -143,13 +142,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
     predictor = open_predictor(args.model, backend=args.backend, device=args.device,
                                precision=args.precision, threshold=args.threshold,
                                refine=not args.no_refine, softness=args.softness)
-    refine = getattr(predictor, "refine", None)
-    runtime = getattr(predictor, "backend", args.backend)
-    log.info("carseg cutout: %s%s %s on %s, refinement %s", args.backend,
-             f" ({runtime})" if runtime != args.backend else "",
-             getattr(predictor, "precision", args.precision),
-             getattr(predictor, "device", args.device),
-             "off" if not refine else f"on (radius {_field(refine, 'radius')} model px)")
+    log.info("carseg cutout: %s", describe(predictor, args.backend))
     if streaming:
         from carseg.io.images import MAX_FILE_BYTES
 
@@ -166,10 +159,6 @@ def cmd_cutout(args: argparse.Namespace) -> int:
              len(report.done), len(report.failed), report.images_per_s, args.backend,
              args.output)
     return EXIT_SOME_FAILED if report.failed else EXIT_OK
-
-
-def _field(spec: Any, name: str) -> Any:
-    return spec[name] if isinstance(spec, dict) else getattr(spec, name)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

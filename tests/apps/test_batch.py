@@ -82,6 +82,8 @@ def test_good_and_bad_photos(photos: Path, tiny_artifacts: Path, tmp_path: Path,
         assert words in reasons[name], reasons[name]
     for name in reasons:
         assert f"carseg batch: error: {photos / name}" in err
+    runs = "native (onnx)" if backend == "native" else "torchscript"
+    assert f"carseg batch: each actor runs {runs} fp32 on cpu, refinement on" in err, err[-2000:]
     _check_outputs(out, good, ReferencePredictor(tiny_artifacts))
 
 

@@ -196,6 +196,13 @@ def test_a_folder_the_replicas_cannot_load_is_refused_up_front(tiny_artifacts: P
         build_app(tiny_artifacts, backend="aoti")
 
 
+def test_the_trial_load_says_what_the_replicas_run(tiny_artifacts: Path) -> None:
+    from carseg.apps.serve import check_artifacts
+
+    assert check_artifacts(tiny_artifacts, "onnx", "onnx") == (
+        "onnx fp32 on cpu, refinement on (radius 4.0 model px)")
+
+
 def test_routes_and_query_errors(server: Path, photos) -> None:
     assert _get("/v1/nope")[0] == 404
     assert _get("/v1/segment")[0] == 405

@@ -747,7 +747,7 @@ def test_python_reference_runs_int8_as_the_core_does(tiny_int8: Path, tiny_artif
                                                      tmp_path: Path) -> None:
     """ReferencePredictor(precision="int8") runs the same model.int8.onnx on ONNX Runtime from
     Python: the C++ core's masks and mattes, and open_predictor and `carseg cutout` reach it."""
-    from carseg.runtime.predictor import open_predictor
+    from carseg.runtime.predictor import describe, open_predictor
     from carseg.runtime.reference import ReferencePredictor
 
     _onnx_or_skip(tiny_int8)
@@ -765,7 +765,9 @@ def test_python_reference_runs_int8_as_the_core_does(tiny_int8: Path, tiny_artif
                           "--precision", "int8", "--background", "transparent"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert "carseg cutout: onnx int8 on cpu" in out.stderr, out.stderr
+    assert "carseg cutout: onnx int8 on cpu, refinement on" in out.stderr, out.stderr
+    native = open_predictor(tiny_int8, backend="native", precision="int8", refine=False)
+    assert describe(native, "native") == "native (onnx) int8 on cpu, refinement off"
     alpha = np.asarray(Image.open(tmp_path / f"{jpegs[0].stem}_cutout.png"))[..., 3]
     assert np.abs(alpha.astype(int) - ref.predict_matte(read_rgb(jpegs[0]))[1]).max() <= 1
     with pytest.raises(ValueError, match="use backend 'onnx', not 'torchscript'"):

@@ -50,7 +50,7 @@ from carseg.io.encode import (
 )
 from carseg.io.images import ImageTooLarge, decode_rgb, image_header, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
-from carseg.runtime.predictor import open_predictor
+from carseg.runtime.predictor import describe, open_predictor
 
 log = logging.getLogger(__name__)
 
@@ -422,15 +422,18 @@ def _deployment_class(max_batch: int, batch_wait_ms: float):
 
 
 def check_artifacts(model_dir: Path, artifact: str, backend: str = "torchscript",
-                    device: str = "cpu") -> None:
+                    device: str = "cpu") -> str:
     """Refuse, here and now, a folder the replicas could not load (bad manifest, missing or
     changed model file, a model the backend cannot load) with the real reason, instead of Ray's
     "failed to update the deployments" once every replica has failed: the checks, then one
-    trial load in this process, freed at once."""
+    trial load in this process, freed at once. Returns what the replicas will run
+    (runtime.predictor.describe)."""
     model_file(model_dir, load_manifest(model_dir), artifact)
     predictor = open_predictor(model_dir, backend=backend, device=device)
+    what = describe(predictor, backend)
     del predictor
     give_memory_back()
+    return what
 
 
 def build_app(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
@@ -441,8 +444,9 @@ def build_app(model_dir: str | Path, backend: str = "torchscript", device: str =
     from ray import serve
 
     model_dir = Path(model_dir).resolve()
-    check_artifacts(model_dir, "torchscript" if backend == "native" else backend, backend,
-                    device)
+    what = check_artifacts(model_dir, "torchscript" if backend == "native" else backend, backend,
+                           device)
+    log.info("carseg serve: each replica runs %s", what)
     if replicas < 1 or max_batch < 1 or batch_wait_ms < 0:
         raise ValueError(f"replicas and max_batch must be >= 1 and batch_wait_ms >= 0, got "
                          f"{replicas}, {max_batch}, {batch_wait_ms}")

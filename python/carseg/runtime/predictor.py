@@ -19,6 +19,18 @@ from carseg.runtime.reference import ReferencePredictor
 BACKENDS = ("native", "torchscript", "onnx", "aoti")
 
 
+def describe(predictor: Any, backend: str) -> str:
+    """What a predictor opened with `backend` actually runs, for the first line a command
+    prints: "native (onnx) int8 on cpu, refinement on (radius 4.0 model px)"."""
+    runtime = getattr(predictor, "backend", backend)
+    refine = getattr(predictor, "refine", None)
+    radius = None if not refine else (refine["radius"] if isinstance(refine, dict)
+                                      else refine.radius)
+    return (f"{backend}{f' ({runtime})' if runtime != backend else ''} "
+            f"{getattr(predictor, 'precision', '?')} on {getattr(predictor, 'device', '?')}, "
+            f"refinement {'off' if radius is None else f'on (radius {radius} model px)'}")
+
+
 def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
                    precision: str = "fp32", threshold: float | None = None,
                    refine: bool = True, softness: float | None = None) -> Any:
