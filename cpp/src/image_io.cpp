@@ -115,6 +115,17 @@ int count_jpeg_scans(std::span<const std::uint8_t> d, int stop_after) {
   return scans;
 }
 
+// A JPEG of more scans than kMaxJpegScans is refused before any decoding (each scan is a pass
+// over the whole image: a small file of thousands of scans costs minutes).
+void check_jpeg_scans(std::span<const std::uint8_t> bytes, const std::string& name) {
+  if (const int scans = count_jpeg_scans(bytes, kMaxJpegScans); scans > kMaxJpegScans) {
+    throw Error(name, "JPEG with over " + std::to_string(kMaxJpegScans) + " scans (found " +
+                          std::to_string(scans) + "); refused as too costly to decode");
+  }
+}
+
+bool is_cmyk(int colorspace) { return colorspace == TJCS_CMYK || colorspace == TJCS_YCCK; }
+
 // MULDIV255 of Pillow's Convert.c: a * b / 255, rounded as Pillow rounds it.
 inline int muldiv255(int a, int b) {
   const int t = a * b + 128;
@@ -146,10 +157,7 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name,
   }
   if (w < 1 || h < 1) throw Error(name, "corrupt or truncated JPEG: no frame size in the header");
   check_pixels(name, w, h, max_pixels);
-  if (const int scans = count_jpeg_scans(bytes, kMaxJpegScans); scans > kMaxJpegScans) {
-    throw Error(name, "JPEG with over " + std::to_string(kMaxJpegScans) + " scans (found " +
-                          std::to_string(scans) + "); refused as too costly to decode");
-  }
+  check_jpeg_scans(bytes, name);
   Image img;
   img.width = w;
   img.height = h;
@@ -158,7 +166,7 @@ Image decode_jpeg(std::span<const std::uint8_t> bytes, const std::string& name,
   img.pixels.resize(n * 3);
   // STOPONWARNING: a truncated file ("Premature end of JPEG file") is an error, not a grey tail.
   const int flags = TJFLAG_STOPONWARNING | TJFLAG_ACCURATEDCT;
-  if (colorspace == TJCS_CMYK || colorspace == TJCS_YCCK) {  // TurboJPEG has no CMYK -> RGB
+  if (is_cmyk(colorspace)) {  // TurboJPEG has no CMYK -> RGB
     std::vector<std::uint8_t> cmyk(n * 4);
     if (tjDecompress2(tj.get(), data, size, cmyk.data(), w, 0, h, TJPF_CMYK, flags) != 0) {
       throw Error(name, std::string("corrupt or truncated JPEG: ") + tjGetErrorStr2(tj.get()));
@@ -309,7 +317,8 @@ ImageInfo peek_image(std::span<const std::uint8_t> bytes, const std::string& nam
                             tjGetErrorStr2(tj.get()));
     }
     info.format = "jpeg";
-    info.cmyk = colorspace == TJCS_CMYK || colorspace == TJCS_YCCK;
+    info.cmyk = is_cmyk(colorspace);
+    check_jpeg_scans(bytes, name);
   } else if (format != Format::kUnknown) {
     int comp = 0;
     if (!stbi_info_from_memory(bytes.data(), static_cast<int>(std::min<std::size_t>(bytes.size(), INT32_MAX)),

@@ -143,6 +143,10 @@ TEST(HostileImage, JpegWithThousandsOfScansIsRefusedBeforeDecoding) {
   const auto t0 = std::chrono::steady_clock::now();
   expect_error([&] { (void)carseg::decode_image(bomb, "scans.jpg"); },
                {"scans.jpg", "JPEG with over 100 scans"});
+  // Refused from its header too, as the folder pipeline peeks at every photo before it picks a
+  // decoder (nvJPEG, which has no such limit, never sees it).
+  expect_error([&] { (void)carseg::peek_image(bomb, "scans.jpg"); },
+               {"scans.jpg", "JPEG with over 100 scans"});
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1.0);
   EXPECT_EQ(carseg::decode_image(jpeg_with_scans(1), "one.jpg").width, 64);
 }

@@ -41,8 +41,9 @@ struct ImageInfo {
   std::string format;  // "jpeg", "png", "gif" or "bmp"
   bool cmyk = false;   // a CMYK or YCCK JPEG
 };
-/// The header of an encoded image; throws carseg::Error for one it cannot read or that is over
-/// `max_pixels`.
+/// The header of an encoded image; throws carseg::Error for one it cannot read, that is over
+/// `max_pixels`, or a JPEG of more than kMaxJpegScans scans (what decode_image refuses before
+/// decoding, whichever decoder is to decode it).
 [[nodiscard]] ImageInfo peek_image(std::span<const std::uint8_t> bytes, const std::string& name,
                                    std::int64_t max_pixels = kDefaultMaxPixels);
 
