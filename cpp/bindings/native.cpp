@@ -160,10 +160,7 @@ std::unique_ptr<carseg::Pipeline> make_pipeline(const carseg::Predictor& predict
   if (cutout) options.cutout = carseg::Backdrop::parse(*cutout);
   options.jpeg_quality = jpeg_quality;
   options.matte = matte;
-  if (decode != "cpu" && decode != "gpu") {
-    throw carseg::OptionError("decode", "expected cpu or gpu, got \"" + decode + "\"");
-  }
-  options.gpu_decode = decode == "gpu";
+  options.gpu_decode = carseg::parse_decode(decode);
   if (crop) {
     if (*crop < 0) throw carseg::OptionError("crop", "expected a margin >= 0 pixels, got " + std::to_string(*crop));
     options.crop_margin = *crop;

@@ -77,8 +77,6 @@ std::string status_text(Status s) {
   }
 }
 
-}  // namespace
-
 // The library and its functions, loaded once for the process (and never unloaded).
 struct Library {
   std::string path;
@@ -116,6 +114,8 @@ const Library& library_once() {
   });
   return found;
 }
+
+}  // namespace
 
 struct GpuJpegDecoder::Impl {
   const Api& api;

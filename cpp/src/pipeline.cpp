@@ -115,6 +115,11 @@ std::vector<fs::path> collect_photos(const std::vector<fs::path>& inputs, const 
   return out;
 }
 
+bool parse_decode(const std::string& s) {
+  if (s != "cpu" && s != "gpu") throw OptionError("decode", "expected cpu or gpu, got \"" + s + "\"");
+  return s == "gpu";
+}
+
 void prepare_output_folder(const fs::path& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -251,8 +256,7 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
             item.on_gpu = gpu->decode(bytes, info.width, info.height, photos[i].string());
             item.image.width = info.width;
             item.image.height = info.height;
-          } catch (const std::exception&) {  // the CPU decoder's verdict instead
-            item.on_gpu = torch::Tensor();
+          } catch (const std::exception&) {  // refused: the CPU decoder's verdict instead
           }
         }
         if (!item.on_gpu.defined()) {

@@ -124,13 +124,10 @@ struct Predictor::Impl {
     return logits;
   }
 
-  // Photos -> per(i, logits [1, S, S], photo) each, on the predictor's device. On the CPU only
-  // the forward pass holds the lock, so that one call's pre/post-processing overlaps another
-  // call's forward; on CUDA the whole call holds it (stream, pinned buffer and graphs are shared,
-  // and a graph's output is only valid until the next replay).
   // Where `output` puts a call's results.
   torch::Device output_device(Output output) const { return output == Output::kDevice ? device : torch::Device(torch::kCPU); }
 
+  // The tensors of a result, for CudaExecutor::hand_over.
   static void collect(const torch::Tensor& t, std::vector<torch::Tensor>& into) { into.push_back(t); }
   static void collect(const Matte& m, std::vector<torch::Tensor>& into) {
     into.push_back(m.mask);
@@ -140,6 +137,10 @@ struct Predictor::Impl {
     }
   }
 
+  // Photos -> per(i, logits [1, S, S], photo) each, on the predictor's device. On the CPU only
+  // the forward pass holds the lock, so that one call's pre/post-processing overlaps another
+  // call's forward; on CUDA the whole call holds it (stream, pinned buffer and graphs are shared,
+  // and a graph's output is only valid until the next replay).
   template <class T, class PerImage>
   std::vector<T> run_each(const std::vector<torch::Tensor>& images, PerImage per,
                           Output output = Output::kCpu) {

@@ -75,9 +75,7 @@ int cmd_infer(int argc, char** argv) {
     } else if (flag == "--batch") {
       opt.batch = static_cast<int>(args.integer(flag, 1, 4096));
     } else if (flag == "--decode") {
-      const std::string d = args.value(flag);
-      if (d != "cpu" && d != "gpu") throw UsageError("--decode: expected cpu or gpu, got \"" + d + "\"");
-      opt.gpu_decode = d == "gpu";
+      opt.gpu_decode = carseg::parse_decode(args.value(flag));
     } else if (flag == "--threshold") {
       const std::string v = args.value(flag);
       char* end = nullptr;

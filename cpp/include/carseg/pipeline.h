@@ -45,6 +45,10 @@ class GpuJpegDecoder;
 [[nodiscard]] std::vector<std::filesystem::path> collect_photos(
     const std::vector<std::filesystem::path>& inputs, const std::filesystem::path& output = {});
 
+/// "cpu" -> false, "gpu" -> true (PipelineOptions::gpu_decode); throws OptionError("decode", ...)
+/// on anything else.
+[[nodiscard]] bool parse_decode(const std::string& s);
+
 /// Creates `dir` if needed and proves it writable, before any slow step; throws carseg::Error.
 void prepare_output_folder(const std::filesystem::path& dir);
 

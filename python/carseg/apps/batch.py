@@ -34,7 +34,7 @@ from carseg.io.encode import (
 from carseg.io.files import prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import list_photos, outputs_for
-from carseg.runtime.predictor import describe, open_predictor
+from carseg.runtime.predictor import open_predictor, trial_open
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,7 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         raise ValueError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
     if not (model_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{model_dir / 'manifest.json'}: not an artifact folder")
-    # One trial load here: a folder the actors could not load is refused now, with its reason,
-    # and the log says what the actors run.
-    trial = open_predictor(model_dir, backend=backend, device=device)
-    log.info("carseg batch: each actor runs %s", describe(trial, backend))
-    del trial
+    log.info("carseg batch: each actor runs %s", trial_open(model_dir, backend, device))
     prepare_out_dir(output)
     # temporaries left by an interrupted run are never outputs (one job per output folder)
     for stale in output.glob(".*.tmp*"):

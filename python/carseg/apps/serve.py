@@ -50,7 +50,7 @@ from carseg.io.encode import (
 )
 from carseg.io.images import ImageTooLarge, decode_rgb, image_header, sniff_format
 from carseg.runtime.manifest import load_manifest, model_file
-from carseg.runtime.predictor import describe, open_predictor
+from carseg.runtime.predictor import open_predictor, trial_open
 
 log = logging.getLogger(__name__)
 
@@ -429,9 +429,7 @@ def check_artifacts(model_dir: Path, artifact: str, backend: str = "torchscript"
     trial load in this process, freed at once. Returns what the replicas will run
     (runtime.predictor.describe)."""
     model_file(model_dir, load_manifest(model_dir), artifact)
-    predictor = open_predictor(model_dir, backend=backend, device=device)
-    what = describe(predictor, backend)
-    del predictor
+    what = trial_open(model_dir, backend, device)
     give_memory_back()
     return what
 

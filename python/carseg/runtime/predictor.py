@@ -54,3 +54,11 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
     return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold,
                               refine=refine, softness=softness,
                               precision="int8" if precision == "int8" else None)
+
+
+def trial_open(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu") -> str:
+    """Open `model_dir` once with `backend` on `device`, and let it go: for a command whose
+    workers open it later (Ray actors, Serve replicas), so that a folder they could not load is
+    refused here, with the real reason, before they start. Returns what they will run
+    (describe)."""
+    return describe(open_predictor(model_dir, backend=backend, device=device), backend)

@@ -163,17 +163,15 @@ class ReferencePredictor:
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
         source = str(self.model_dir / "manifest.json")
-        name = backend
-        if precision == "int8":
-            if backend != "onnx":
-                raise ValueError(f"precision int8: the quantized model runs on ONNX Runtime; "
-                                 f"use backend 'onnx', not {backend!r}")
-            name = INT8_NAME
-        elif precision not in (None, self.manifest.artifact(backend, source=source)["precision"]):
-            raise ValueError(f"precision {precision}: {source} has {backend} in "
-                             f"{self.manifest.artifact(backend, source=source)['precision']}"
-                             f"; export a {precision} folder, or use int8 with backend onnx")
+        if precision == "int8" and backend != "onnx":
+            raise ValueError(f"precision int8: the quantized model runs on ONNX Runtime; "
+                             f"use backend 'onnx', not {backend!r}")
+        name = INT8_NAME if precision == "int8" else backend
         self.artifact: dict[str, Any] = self.manifest.artifact(name, source=source)
+        if precision not in (None, "int8", self.artifact["precision"]):
+            raise ValueError(f"precision {precision}: {source} has {backend} in "
+                             f"{self.artifact['precision']}; export a {precision} folder, or "
+                             f"use int8 with backend onnx")
         self.precision: str = self.artifact["precision"]
         self.backend = backend
         self.device = _device(device)
