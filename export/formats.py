@@ -71,11 +71,26 @@ def _smoke_dynamic(run, size: int, device: torch.device, dtype: torch.dtype,
     return {"batch": batch_ok, "spatial": spatial_ok}
 
 
+@contextlib.contextmanager
+def no_tf32() -> Iterator[None]:
+    """Convolutions and matmuls in true fp32, not TF32 (cuDNN's default on Ampere and later),
+    until the block ends. A trace records the flag in each convolution
+    (`aten::_convolution(..., allow_tf32)`), so an fp32 TorchScript traced under it runs in
+    fp32 wherever it is loaded, C++ included: the second GPU run (H200) found a trace made
+    with the default flag 6.2e-3 from eager fp32 on CUDA, with TF32 off at run time."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 # ---- TorchScript ------------------------------------------------------------------------------
 def write_torchscript(model: torch.nn.Module, path: Path, size: int, device: torch.device,
                       dtype: torch.dtype, method: str = "trace") -> dict[str, Any]:
     x = example_input(size, device, dtype)
-    with _quiet(), torch.no_grad():
+    with _quiet(), torch.no_grad(), no_tf32():
         if method == "trace":
             module = torch.jit.trace(model, x, check_trace=False)
         elif method == "script":
@@ -253,7 +268,7 @@ def write_aoti(logdir: Path, checkpoint: Path, path: Path, device: torch.device,
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    tail: deque[str] = deque(maxlen=30)  # room for a faulthandler stack
+    tail: deque[str] = deque(maxlen=200)  # room for a faulthandler and a native stack
 
     def pump(stream) -> None:
         for line in stream:

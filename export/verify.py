@@ -26,7 +26,7 @@ from carseg.errors import CarsegError
 from carseg.io.images import read_rgb
 from carseg.runtime.preprocess import PreprocessSpec, preprocess_batch
 from carseg.runtime.reference import load_backend
-from export.formats import onnx_run_device
+from export.formats import no_tf32, onnx_run_device
 from export.manifest import (
     ARTIFACT_NAMES,
     MANIFEST_NAME,
@@ -172,12 +172,8 @@ def exact_fp32(device: torch.device, precision: str) -> Iterator[None]:
     if device.type != "cuda" or precision != "fp32":
         yield
         return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with no_tf32():
         yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _check_case(run: Any, c: Case, dev: torch.device, dtype: torch.dtype, size: int,

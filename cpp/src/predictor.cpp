@@ -40,6 +40,13 @@ torch::Device parse_device(const std::string& name) {
   if (device->is_cuda() && !cuda_available()) {
     throw OptionError("device", "CUDA requested but not available (torch sees no CUDA device)");
   }
+  if (device->is_cuda() && device->has_index() && device->index() >= torch::cuda::device_count()) {
+    throw OptionError("device", "\"" + name + "\": torch sees " + std::to_string(torch::cuda::device_count()) +
+                                    " CUDA device(s)");
+  }
+  // "cuda" names the current device: resolved to cuda:N here, so that a caller's tensor on
+  // that device is recognised as already there (the stream ordering depends on it).
+  if (device->is_cuda() && !device->has_index()) return torch::empty({0}, torch::TensorOptions().device(*device)).device();
   return *device;
 }
 

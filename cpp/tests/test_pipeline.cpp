@@ -231,9 +231,13 @@ fs::path make_jpegs(const TempDir& dir) {
   return in;
 }
 
-// On a GPU: the folder run with JPEGs decoded by nvJPEG gives the masks of the CPU decoder's
-// run and cutouts within a few levels (nvJPEG converts colours and upsamples chroma its own
-// way); a truncated JPEG is its own error; masks-only runs need no copy back.
+// On a GPU: nvJPEG's pixels are libjpeg-turbo's to within its own colour conversion and chroma
+// upsampling, and the folder run with JPEGs decoded by nvJPEG gives the masks the predictor
+// gives for those pixels; a truncated JPEG is its own error; masks-only runs need no copy back.
+// The second GPU run (H200) compared the masks with the CPU decoder's run instead and found
+// IoU 0.88-0.93: the fixture's barely trained model moves that much for +-1 level of noise
+// (IoU 0.96-0.98 on the CPU), so the decoders are compared on pixels, and the trained model's
+// masks from both decoders are compared in the GPU check (e2e.json).
 TEST(PipelineCuda, GpuDecodingMatchesCpuDecoding) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
@@ -254,6 +258,8 @@ TEST(PipelineCuda, GpuDecodingMatchesCpuDecoding) {
   ASSERT_EQ(a.succeeded(), 3u);
   ASSERT_EQ(b.succeeded(), 3u);
   ASSERT_EQ(masks_only.succeeded(), 3u);
+  const carseg::detail::GpuJpegDecoder decoder(gpu.device());
+  carseg::detail::GpuJpegDecoder::Session session(decoder);
   for (std::size_t i = 0; i < photos.size(); ++i) {
     if (photos[i].filename() == "truncated.jpg") {
       EXPECT_FALSE(b.results[i].ok);
@@ -261,15 +267,26 @@ TEST(PipelineCuda, GpuDecodingMatchesCpuDecoding) {
       continue;
     }
     ASSERT_TRUE(b.results[i].ok) << b.results[i].error;
-    carseg::Image ma = carseg::read_image(a.results[i].mask);
+    const std::vector<std::uint8_t> jpeg = carseg::read_file(photos[i]);
+    carseg::Image cpu_pixels = carseg::decode_image(jpeg, photos[i].string());
+    const torch::Tensor on_gpu = session.decode(jpeg, cpu_pixels.width, cpu_pixels.height, photos[i].string());
+    ASSERT_TRUE(on_gpu.is_cuda());
+    const torch::Tensor gpu_pixels = on_gpu.cpu();
+    const torch::Tensor diff = (gpu_pixels.to(torch::kInt32) - as_tensor(cpu_pixels).to(torch::kInt32)).abs();
+    const double mean = diff.to(torch::kFloat64).mean().item<double>();
+    std::cerr << photos[i].filename() << ": nvJPEG against libjpeg-turbo, mean |diff| " << mean << ", max "
+              << diff.max().item<int>() << " levels\n";
+    EXPECT_LT(mean, 2.0) << photos[i];
+    // The run's masks are the predictor's for nvJPEG's pixels.
+    const carseg::Matte want = gpu.predict_mattes({on_gpu})[0];
     carseg::Image mb = carseg::read_image(b.results[i].mask);
     carseg::Image mc = carseg::read_image(masks_only.results[i].mask);
-    EXPECT_GE(carseg::test::iou(as_tensor(ma), as_tensor(mb)), 0.99) << photos[i];
+    EXPECT_GE(carseg::test::iou(as_tensor(mb).select(2, 0).gt(0), want.mask.gt(0)), 0.99) << photos[i];
     EXPECT_TRUE(torch::equal(as_tensor(mb), as_tensor(mc))) << photos[i];
     carseg::Image ca = carseg::read_image(a.results[i].cutout);
     carseg::Image cb = carseg::read_image(b.results[i].cutout);
-    const double diff = (as_tensor(ca).to(torch::kFloat32) - as_tensor(cb).to(torch::kFloat32)).abs().mean().item<double>();
-    EXPECT_LT(diff, 3.0) << photos[i];
+    const double cut = (as_tensor(ca).to(torch::kFloat32) - as_tensor(cb).to(torch::kFloat32)).abs().mean().item<double>();
+    EXPECT_LT(cut, 3.0) << photos[i];
   }
 }
 

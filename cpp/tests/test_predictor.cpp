@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 
 #include "carseg/error.h"
 #include "carseg/image_io.h"
@@ -216,6 +217,25 @@ TEST(Predictor, OutputOnTheDeviceOfACpuPredictorIsTheCpu) {
 }
 
 // A CUDA photo in, results left on the GPU: the same values the CPU copies hold.
+// Found on the second GPU run (H200): "cuda" stayed cuda:-1, so a caller's image on cuda:0
+// compared unequal to the predictor's device and skipped the wait on the caller's stream.
+TEST(PredictorCuda, DeviceCudaIsResolvedToItsIndex) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  const carseg::Predictor gpu(fixtures() / "model", o);
+  EXPECT_TRUE(gpu.device().has_index());
+  EXPECT_EQ(gpu.device(), torch::empty({0}, torch::kCUDA).device());
+  o.device = "cuda:" + std::to_string(torch::cuda::device_count());
+  try {
+    const carseg::Predictor none(fixtures() / "model", o);
+    ADD_FAILURE() << "expected an error for " << o.device;
+  } catch (const carseg::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA device(s)"), std::string::npos) << e.what();
+  }
+}
+
 TEST(PredictorCuda, OutputOnTheDeviceStaysOnTheGpu) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();

@@ -507,7 +507,11 @@ def test_cuda_tensors_in_and_out(tiny_artifacts: Path, photos: list[np.ndarray],
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_pipeline_decodes_jpegs_on_the_gpu(tiny_artifacts: Path, jpegs: list[Path],
                                           tmp_path: Path) -> None:
-    """Pipeline(decode="gpu"): nvJPEG's photos give the CPU decoder's masks, to a few pixels."""
+    """Pipeline(decode="gpu"): nvJPEG's photos give about the CPU decoder's masks. The decoders
+    differ by a level or two (ctest PipelineCuda.GpuDecodingMatchesCpuDecoding compares their
+    pixels), and this barely trained model moves a lot for that: +-1 level of noise costs
+    0.02-0.04 of IoU on the CPU, and the second GPU run (H200) measured 0.88-0.93 between
+    decoders on the C++ fixture's photos. A swapped channel or an unfinished decode costs more."""
     from carseg import _native
 
     gpu = carseg.Predictor(tiny_artifacts, device="cuda")
@@ -517,7 +521,7 @@ def test_pipeline_decodes_jpegs_on_the_gpu(tiny_artifacts: Path, jpegs: list[Pat
     for a, b in zip(runs["cpu"]["results"], runs["gpu"]["results"], strict=True):
         ma = np.asarray(Image.open(a["mask"])) > 0
         mb = np.asarray(Image.open(b["mask"])) > 0
-        assert _iou(ma, mb) >= 0.99, a["input"]
+        assert _iou(ma, mb) >= 0.8, a["input"]
 
 
 @pytest.mark.gpu

@@ -88,6 +88,18 @@ def test_torchscript_seed_style(tiny_artifacts: Path, tiny_logdir: Path, tiny_da
     assert mask.sum().item() == ref.sum().item()
 
 
+def test_torchscript_convolutions_are_fp32_not_tf32(tiny_artifacts: Path) -> None:
+    """A trace records cuDNN's TF32 flag in every convolution; the export records False, so the
+    fp32 artifact is fp32 on any GPU it is loaded on (found on the second GPU run, H200: 6.2e-3
+    from eager with the default flag baked in)."""
+    model = torch.jit.load(str(tiny_artifacts / "model.torchscript.pt"))
+    convs = [n for n in model.graph.nodes() if n.kind() == "aten::_convolution"]
+    assert len(convs) >= 10
+    allow_tf32 = [list(n.inputs())[-1].toIValue() for n in convs]
+    assert allow_tf32 == [False] * len(convs)
+    assert torch.backends.cudnn.allow_tf32  # the export put the process's flag back
+
+
 # ---- verify ------------------------------------------------------------------------------------
 def test_verify_passes_and_records_parity(tiny_artifacts: Path, tmp_path: Path, capsys) -> None:
     folder = copy_of(tiny_artifacts, tmp_path)
