@@ -90,6 +90,29 @@ if [ -d .debs ] && ls .debs/*.deb > /dev/null 2>&1; then
                      LIBRARY_PATH=$SYSLIB)
   export LD_LIBRARY_PATH=$SYSLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
+# libstdc++: a library compiled here must link the shared one. The second run's builds (the
+# bindings, AOTInductor's wrapper.so) each carried a static copy and crashed in Python beside
+# torch's shared one (tests/cpp/test_stdcxx.py). CMake has its own guard
+# (cmake/CarsegSharedStdcxx.cmake); Inductor's compiles get a libstdc++.so link to find, where
+# the compiler has none, ahead of its libstdc++.a.
+CXX_FOR_CHECK=${CXX:-g++}
+STDCXX_LINK=$("$CXX_FOR_CHECK" -print-file-name=libstdc++.so 2>/dev/null)
+STDCXX_SO=$("$CXX_FOR_CHECK" -print-file-name=libstdc++.so.6 2>/dev/null)
+{
+  echo "compiler: $("$CXX_FOR_CHECK" --version 2>&1 | head -1) ($(command -v "$CXX_FOR_CHECK"))"
+  echo "libstdc++.so link: $STDCXX_LINK; libstdc++.so.6: $STDCXX_SO"
+  echo "libstdc++.a: $("$CXX_FOR_CHECK" -print-file-name=libstdc++.a 2>/dev/null)"
+  echo "CXX=${CXX:-} CXXFLAGS=${CXXFLAGS:-} LDFLAGS=${LDFLAGS:-} LIBRARY_PATH=${LIBRARY_PATH:-}"
+} >> "$LOG" 2>&1
+if [ ! -f "$STDCXX_LINK" ] && [ -f "$STDCXX_SO" ]; then
+  mkdir -p /tmp/sysroot/stdcxx && ln -sf "$STDCXX_SO" /tmp/sysroot/stdcxx/libstdc++.so
+  export LIBRARY_PATH=/tmp/sysroot/stdcxx${LIBRARY_PATH:+:$LIBRARY_PATH}
+  echo "no libstdc++.so link: /tmp/sysroot/stdcxx/libstdc++.so -> $STDCXX_SO on LIBRARY_PATH" >> "$LOG"
+fi
+case " ${LDFLAGS:-} " in *-static-libstdc++*)
+  export LDFLAGS=${LDFLAGS//-static-libstdc++/}
+  echo "LDFLAGS asked for -static-libstdc++: dropped for this check" >> "$LOG" ;;
+esac
 export PYTHONUNBUFFERED=1 NO_ALBUMENTATIONS_UPDATE=1  # no network there: no version check
 step environment "$PY" -c "import sys, torch; print(sys.version); print('torch', torch.__version__,
   'cuda', torch.version.cuda, 'available', torch.cuda.is_available());
@@ -113,6 +136,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 else
   BUILD=${BUILD:-build/py}
 fi
+# What the bindings link (a static libstdc++ copy crashed the second run), before any test.
+step stdcxx "$PY" -m pytest -q -p no:cacheprovider tests/cpp/test_stdcxx.py
 BIN=$(dirname "$(command -v "$PY")")
 INFER=$(command -v carseg_infer || echo "$BIN/carseg_infer")
 [ -x "$INFER" ] || INFER=$BUILD/cpp/carseg_infer

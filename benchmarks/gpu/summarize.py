@@ -144,9 +144,13 @@ def main(argv: list[str]) -> int:
     lines += anchors(work)
     steps = (out / "steps.tsv").read_text().splitlines()[1:] if (out / "steps.tsv").is_file() \
         else []
-    failed = [s.split("\t")[0] for s in steps if s.split("\t")[1] != "0"]
+    rcs = [s.split("\t")[:2] for s in steps]
+    failed = [name for name, rc in rcs if rc not in ("0", "skipped")]
+    skipped = [name for name, rc in rcs if rc == "skipped"]
     lines += ["", f"Steps that failed: {', '.join(failed) if failed else 'none'} "
               f"(log.txt has their output)."]
+    if skipped:
+        lines += [f"Steps skipped (ONLY, or the time budget): {', '.join(skipped)}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
