@@ -134,6 +134,10 @@ def main(argv: list[str]) -> int:
                   + (f"{nv['images_per_second']:.1f} img/s, {nv.get('failed')} failed, stages "
                      + json.dumps(nv.get("stages"))
                      if nv.get("images_per_second") else f"no result ({nv.get('error')})")]
+        iou = nv.get("mask_iou_against_cpu_decoding")
+        if iou:
+            lines += [f"Masks from nvJPEG's pixels against libjpeg-turbo's, {iou['photos']} "
+                      f"photos: IoU mean {iou['mean']:.4f}, lowest {iou['min']:.4f}."]
     stages = e2e.get("stages")
     if stages:
         lines += ["", "End to end, where the time went (busy seconds summed over each stage's "

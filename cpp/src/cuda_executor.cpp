@@ -46,6 +46,7 @@ struct CudaExecutor::Impl {
   c10::cuda::CUDAStream stream;
   std::optional<c10::cuda::CUDAStream> caller;  // current when on_stream was last called
   torch::Tensor pinned;                      // uint8 host staging buffer (page-locked)
+  at::cuda::CUDAEvent inputs_done;           // the last upload has read the caller's pinned images
   at::cuda::CUDAEvent staging_done;          // the last upload out of `pinned` has finished
   std::map<std::vector<int64_t>, std::unique_ptr<Graph>> graphs;  // nullptr: capture failed
 
@@ -114,10 +115,13 @@ void CudaExecutor::on_stream(const std::function<void()>& f) {
 
 std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>& images) {
   Impl& m = *impl_;
-  int64_t total = 0;
+  int64_t total = 0;  // bytes to stage
   bool on_device = false;
-  for (const auto& im : images) {
-    if (!im.is_cuda()) total += im.numel();
+  std::vector<bool> direct(images.size(), false);  // pinned already: uploaded from where it is
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    const torch::Tensor& im = images[i];
+    direct[i] = !im.is_cuda() && im.is_pinned() && im.is_contiguous();
+    if (!im.is_cuda() && !direct[i]) total += im.numel();
     on_device = on_device || im.device() == m.device;
   }
   if (on_device) {
@@ -129,8 +133,18 @@ std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>
     }
   }
   std::vector<torch::Tensor> out(images.size());
+  bool any_direct = false;
+  for (std::size_t i = 0; i < images.size(); ++i) {
+    if (direct[i]) {
+      out[i] = images[i].to(m.device, /*non_blocking=*/true);
+      any_direct = true;
+    }
+  }
+  if (any_direct) m.inputs_done.record(m.stream);
   if (total == 0) {
-    for (std::size_t i = 0; i < images.size(); ++i) out[i] = images[i].to(m.device);
+    for (std::size_t i = 0; i < images.size(); ++i) {
+      if (!direct[i]) out[i] = images[i].to(m.device);
+    }
     return out;
   }
   m.staging_done.synchronize();  // the previous upload has finished reading the buffer
@@ -140,7 +154,7 @@ std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>
   int64_t offset = 0;
   std::vector<std::pair<int64_t, int64_t>> spans(images.size());
   for (std::size_t i = 0; i < images.size(); ++i) {
-    if (images[i].is_cuda()) continue;
+    if (images[i].is_cuda() || direct[i]) continue;
     const int64_t n = images[i].numel();
     m.pinned.narrow(0, offset, n).view(images[i].sizes()).copy_(images[i]);
     spans[i] = {offset, n};
@@ -149,11 +163,26 @@ std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>
   const torch::Tensor dev = m.pinned.narrow(0, 0, total).to(m.device, /*non_blocking=*/true);
   m.staging_done.record(m.stream);
   for (std::size_t i = 0; i < images.size(); ++i) {
+    if (direct[i]) continue;
     out[i] = images[i].is_cuda()
                  ? images[i].to(m.device)
                  : dev.narrow(0, spans[i].first, spans[i].second).view(images[i].sizes());
   }
   return out;
+}
+
+void CudaExecutor::inputs_read() { impl_->inputs_done.synchronize(); }
+
+void CudaExecutor::to_host(const std::vector<torch::Tensor*>& slots) {
+  bool copied = false;
+  for (torch::Tensor* t : slots) {
+    if (!t->defined() || !t->is_cuda()) continue;
+    torch::Tensor host = torch::empty(t->sizes(), t->options().device(torch::kCPU).pinned_memory(true));
+    host.copy_(*t, /*non_blocking=*/true);
+    *t = std::move(host);
+    copied = true;
+  }
+  if (copied) impl_->stream.synchronize();
 }
 
 torch::Tensor CudaExecutor::replay(const torch::Tensor& x) {
@@ -199,6 +228,8 @@ std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>
   return images;
 }
 void CudaExecutor::hand_over(const std::vector<torch::Tensor>&) {}
+void CudaExecutor::inputs_read() {}
+void CudaExecutor::to_host(const std::vector<torch::Tensor*>&) {}
 torch::Tensor CudaExecutor::replay(const torch::Tensor&) { return {}; }
 void CudaExecutor::synchronize() {}
 std::vector<int64_t> CudaExecutor::captured_batch_sizes() const { return {}; }

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <thread>
@@ -48,6 +49,9 @@ struct Item {
   std::size_t index = 0;
   Image image;             // without pixels when the photo was decoded on the GPU
   torch::Tensor on_gpu;    // uint8 [H, W, 3] on the device (gpu_decode)
+  torch::Tensor pinned;    // uint8 [H, W, 3] in pinned memory: the photo for a CUDA predictor,
+                           // copied there by its decode worker, uploaded with no copy on the
+                           // model's thread
   Matte matte;
   torch::Tensor logits;  // the model's, when the matte is made on an encode thread (CPU)
   std::int64_t reserved = 0;
@@ -225,6 +229,7 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
     }
   };
 
+  const bool stage_pinned = predictor_.device().is_cuda();
   auto decode = [&] {
     std::optional<detail::GpuJpegDecoder::Session> gpu;
     if (gpu_jpeg_) {
@@ -243,8 +248,9 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         const ImageInfo info = peek_image(bytes, photos[i].string(), opt.max_pixels);
         refuse_early(i, info);
         decode_ns += since(t0);
-        // The photo's pixels, its mask and its matte: 5 bytes a pixel, reserved before decoding.
-        const std::int64_t need = 5LL * info.width * info.height;
+        // The photo's pixels, its mask and its matte: 5 bytes a pixel, reserved before decoding;
+        // 3 more for a CUDA predictor's pinned copy.
+        const std::int64_t need = (stage_pinned ? 8LL : 5LL) * info.width * info.height;
         if (!budget.acquire(need)) return;  // the run was abandoned
         reserved = need;
         Item item;
@@ -261,6 +267,11 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         }
         if (!item.on_gpu.defined()) {
           item.image = decode_image(bytes, photos[i].string(), opt.max_pixels, buffers.take());
+          if (stage_pinned) {
+            item.pinned = torch::empty({item.image.height, item.image.width, 3},
+                                       torch::TensorOptions().dtype(torch::kUInt8).pinned_memory(true));
+            std::memcpy(item.pinned.data_ptr(), item.image.pixels.data(), item.image.pixels.size());
+          }
         }
         decode_ns += since(t0);
         reserved = 0;  // the item carries it now
@@ -281,6 +292,13 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
       const std::size_t i = item.index;
       const auto t0 = Clock::now();
       try {
+        if (item.on_gpu.defined()) {  // decoded on the GPU: the photo back for the cutout, here
+          Image& im = item.image;     // (a copy per photo, spread over the encode workers)
+          im.pixels = buffers.take();
+          im.pixels.resize(static_cast<std::size_t>(im.width) * im.height * 3);
+          torch::from_blob(im.pixels.data(), {im.height, im.width, 3}, torch::kUInt8).copy_(item.on_gpu);
+          item.on_gpu = torch::Tensor();
+        }
         if (item.logits.defined()) {  // refinement and resizing here, beside the next forward pass
           const torch::Tensor photo = torch::from_blob(item.image.pixels.data(),
                                                        {item.image.height, item.image.width, 3}, torch::kUInt8);
@@ -358,9 +376,10 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
     std::vector<torch::Tensor> images;
     images.reserve(items.size());
     for (Item& it : items) {
-      images.push_back(it.on_gpu.defined() ? it.on_gpu
-                                           : torch::from_blob(it.image.pixels.data(),
-                                                              {it.image.height, it.image.width, 3}, torch::kUInt8));
+      images.push_back(it.on_gpu.defined()   ? it.on_gpu
+                       : it.pinned.defined() ? it.pinned
+                                             : torch::from_blob(it.image.pixels.data(),
+                                                                {it.image.height, it.image.width, 3}, torch::kUInt8));
     }
     try {
       // On the CPU the matte (resize, refinement) is made on the encode threads, so that it
@@ -378,15 +397,10 @@ PipelineReport Pipeline::run(const std::vector<fs::path>& photos, const fs::path
         } else {
           items[k].logits = std::move(logits[k]);
         }
-        if (items[k].on_gpu.defined()) {
-          if (opt.cutout) {  // the cutout is composited on the CPU
-            Image& im = items[k].image;
-            im.pixels = buffers.take();
-            im.pixels.resize(static_cast<std::size_t>(im.width) * im.height * 3);
-            torch::from_blob(im.pixels.data(), {im.height, im.width, 3}, torch::kUInt8).copy_(items[k].on_gpu);
-          }
-          items[k].on_gpu = torch::Tensor();
-        }
+        // The cutout is composited on the CPU: a photo decoded on the GPU goes back there on an
+        // encode worker; without a cutout it is not needed. The pinned copy has been read.
+        if (!opt.cutout) items[k].on_gpu = torch::Tensor();
+        items[k].pinned = torch::Tensor();
       }
       infer_ns += since(t0);
       t0 = Clock::now();

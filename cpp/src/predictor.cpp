@@ -133,6 +133,9 @@ struct Predictor::Impl {
 
   // Where `output` puts a call's results.
   torch::Device output_device(Output output) const { return output == Output::kDevice ? device : torch::Device(torch::kCPU); }
+  // Where a photo's result is made: on CUDA always on the device, and results asked for on the
+  // CPU are copied back together at the end of the call (run_each).
+  Output made_at(Output output) const { return cuda ? Output::kDevice : output; }
 
   // The tensors of a result, for CudaExecutor::hand_over.
   static void collect(const torch::Tensor& t, std::vector<torch::Tensor>& into) { into.push_back(t); }
@@ -141,6 +144,19 @@ struct Predictor::Impl {
     into.push_back(m.alpha);
     if (m.fit) {
       for (const torch::Tensor* t : {&m.fit->a, &m.fit->b, &m.fit->fg, &m.fit->bg}) into.push_back(*t);
+    }
+  }
+
+  // The tensors of a result, moved to the host together (CudaExecutor::to_host). A fit is shared
+  // and const: the result gets its own copy, whose tensors move.
+  static void slots(torch::Tensor& t, std::vector<torch::Tensor*>& into) { into.push_back(&t); }
+  static void slots(Matte& m, std::vector<torch::Tensor*>& into) {
+    into.push_back(&m.mask);
+    into.push_back(&m.alpha);
+    if (m.fit) {
+      auto own = std::make_shared<RefineFit>(*m.fit);
+      for (torch::Tensor* t : {&own->a, &own->b, &own->fg, &own->bg}) into.push_back(t);
+      m.fit = std::move(own);
     }
   }
 
@@ -175,13 +191,22 @@ struct Predictor::Impl {
       cuda->on_stream([&] {
         const std::vector<torch::Tensor> up = cuda->upload(images);
         out = each(forward_locked(pre->preprocess_batch(up), true), up);
+        // Every result was made on the device (made_at): those asked for on the CPU come back
+        // in one batch of asynchronous copies and one wait, not a blocking copy each.
+        if (output == Output::kCpu) {
+          std::vector<torch::Tensor*> to_move;
+          for (T& o : out) slots(o, to_move);
+          cuda->to_host(to_move);
+        }
       });
       // Results copied to the CPU are complete; results left on the device are still being
-      // made on our stream, and the caller's stream must wait for them.
+      // made on our stream, and the caller's stream must wait for them. The caller's pinned
+      // photos may be overwritten once this returns: they have been read.
       if (output == Output::kDevice) {
         std::vector<torch::Tensor> made;
         for (const T& o : out) collect(o, made);
         cuda->hand_over(made);
+        cuda->inputs_read();
       }
       return out;
     }
@@ -235,7 +260,7 @@ struct Predictor::Impl {
   // Per photo, logits [H, W] at its own size -> finish(...), where `output` puts it.
   std::vector<torch::Tensor> run(const std::vector<torch::Tensor>& images,
                                  torch::Tensor (*finish)(const torch::Tensor&), Output output) {
-    const torch::Device to = output_device(output);
+    const torch::Device to = output_device(made_at(output));
     return run_each<torch::Tensor>(
         images,
         [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
@@ -310,14 +335,15 @@ std::vector<Matte> Predictor::predict_mattes(const std::vector<torch::Tensor>& i
   return impl_->run_each<Matte>(
       images,
       [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-        return impl_->matte(logits, im, refine, output);
+        return impl_->matte(logits, im, refine, impl_->made_at(output));
       },
       output);
 }
 
 std::vector<torch::Tensor> Predictor::predict_model_logits(const std::vector<torch::Tensor>& images) const {
   return impl_->run_each<torch::Tensor>(
-      images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor&) { return logits.clone(); });
+      images, [&](std::size_t, const torch::Tensor& logits, const torch::Tensor&) { return logits.clone(); },
+      Output::kDevice);
 }
 
 Matte Predictor::matte_from_logits(const torch::Tensor& logits, const torch::Tensor& image, bool refine) const {
@@ -331,7 +357,7 @@ std::vector<torch::Tensor> Predictor::predict_batch(const std::vector<torch::Ten
   return impl_->run_each<torch::Tensor>(
       images,
       [&](std::size_t, const torch::Tensor& logits, const torch::Tensor& im) {
-        return impl_->matte(logits, im, true, output).mask;
+        return impl_->matte(logits, im, true, impl_->made_at(output)).mask;
       },
       output);
 }

@@ -217,6 +217,35 @@ TEST(Predictor, OutputOnTheDeviceOfACpuPredictorIsTheCpu) {
 }
 
 // A CUDA photo in, results left on the GPU: the same values the CPU copies hold.
+// Photos in pinned memory are uploaded from where they are (no staging copy); results asked for
+// on the CPU come back in one batch of copies into pinned memory. Both give what pageable photos
+// give, and a pinned photo may be overwritten once a call that left its results on the device
+// has returned.
+TEST(PredictorCuda, PinnedPhotosAndBatchedCopiesBack) {
+  if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
+  CARSEG_REQUIRE_FIXTURES();
+  const json c = cases();
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  const carseg::Predictor gpu(fixtures() / "model", o);
+  const std::vector<torch::Tensor> pageable = carseg::test::png_photos(c);
+  std::vector<torch::Tensor> pinned;
+  for (const auto& im : pageable) pinned.push_back(im.pin_memory());
+  const auto a = gpu.predict_mattes(pageable);
+  const auto b = gpu.predict_mattes(pinned);
+  const auto d = gpu.predict_mattes(pinned, true, carseg::Output::kDevice);
+  for (auto& im : pinned) im.fill_(0);  // read already: the device results must not change
+  for (std::size_t i = 0; i < pageable.size(); ++i) {
+    const std::string name = c["images"][i]["name"];
+    EXPECT_TRUE(b[i].mask.device().is_cpu() && b[i].alpha.device().is_cpu()) << name;
+    EXPECT_TRUE(torch::equal(a[i].mask, b[i].mask)) << name;
+    EXPECT_TRUE(torch::equal(a[i].alpha, b[i].alpha)) << name;
+    ASSERT_TRUE(b[i].fit != nullptr) << name;
+    EXPECT_TRUE(b[i].fit->a.device().is_cpu()) << name;  // cutouts decontaminate on the CPU
+    EXPECT_TRUE(torch::equal(d[i].mask.cpu(), a[i].mask)) << name;
+  }
+}
+
 // Found on the second GPU run (H200): "cuda" stayed cuda:-1, so a caller's image on cuda:0
 // compared unequal to the predictor's device and skipped the wait on the caller's stream.
 TEST(PredictorCuda, DeviceCudaIsResolvedToItsIndex) {

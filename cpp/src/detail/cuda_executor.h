@@ -26,10 +26,19 @@ class CudaExecutor {
   /// current before (the caller's) is remembered for upload and hand_over.
   void on_stream(const std::function<void()>& f);
   /// CPU images -> the same images on the device: one copy into the pinned buffer each, then
-  /// one asynchronous upload on the stream. Device images are read in place: the stream first
-  /// waits for the work queued on the caller's stream (which may still be writing them), and
-  /// the caching allocator is told that the stream reads them.
+  /// one asynchronous upload on the stream. Images already in pinned memory are uploaded from
+  /// where they are, with no copy on the host (inputs_read() waits until they have been read).
+  /// Device images are read in place: the stream first waits for the work queued on the
+  /// caller's stream (which may still be writing them), and the caching allocator is told that
+  /// the stream reads them.
   [[nodiscard]] std::vector<torch::Tensor> upload(const std::vector<torch::Tensor>& images);
+  /// Returns once the last upload has read the caller's pinned images (which the caller may
+  /// then overwrite).
+  void inputs_read();
+  /// The tensors `slots` point at, moved to the host together: an asynchronous copy each into
+  /// pinned memory on the stream, then one wait, instead of a blocking copy (a whole-stream
+  /// wait) per tensor. Tensors already on the host are left as they are.
+  void to_host(const std::vector<torch::Tensor*>& slots);
   /// Results made on the stream, handed to the caller as device tensors: the caller's stream
   /// waits for the stream's work so far, and the caching allocator is told that the caller's
   /// stream uses them (so that their memory is not reused under it once freed).
