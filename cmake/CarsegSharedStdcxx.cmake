@@ -6,15 +6,18 @@
 # both of its Python processes that loaded a library built there: carseg's bindings
 # (std::ostream inserting a number) and AOTInductor's wrapper.so (std::regex). Both had
 # libstdc++'s own functions (std::ostream::_M_insert<long>) in their dynamic symbol tables.
-# A compiler links libstdc++ statically when asked (-static-libstdc++ in the flags or LDFLAGS)
-# or when it finds libstdc++.a but no libstdc++.so link. Where either holds, the shared
-# library (libstdc++.so.6) is named on the link line ahead of the compiler's own -lstdc++, so
-# every reference binds to it and nothing is taken from the archive.
-# Sets CARSEG_SHARED_STDCXX (a path, or empty where nothing needs doing).
+# A compiler links libstdc++ statically when asked (-static-libstdc++ in the flags, LDFLAGS or
+# a wrapper script) or when it finds libstdc++.a but no libstdc++.so link. So, with GCC on
+# Linux, the shared library the compiler would use (libstdc++.so.6) is named on the link line
+# ahead of the compiler's own -lstdc++: every reference binds to it, and nothing is taken from
+# an archive. Where libstdc++ would be linked as usual this changes nothing.
+# Sets CARSEG_SHARED_STDCXX (a path, or empty: not GCC on Linux, or not found).
 include_guard(GLOBAL)
 
 set(CARSEG_SHARED_STDCXX "")
 if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
+  execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so.6
+                  OUTPUT_VARIABLE _carseg_stdcxx_so OUTPUT_STRIP_TRAILING_WHITESPACE)
   execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so
                   OUTPUT_VARIABLE _carseg_stdcxx_link OUTPUT_STRIP_TRAILING_WHITESPACE)
   set(_carseg_stdcxx_why "")
@@ -27,16 +30,14 @@ if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_SYSTEM_NAME STREQUAL "Linux")
       set(_carseg_stdcxx_why "the link flags ask for -static-libstdc++")
     endif()
   endforeach()
-  if(_carseg_stdcxx_why)
-    execute_process(COMMAND ${CMAKE_CXX_COMPILER} -print-file-name=libstdc++.so.6
-                    OUTPUT_VARIABLE _carseg_stdcxx_so OUTPUT_STRIP_TRAILING_WHITESPACE)
-    if(IS_ABSOLUTE "${_carseg_stdcxx_so}" AND EXISTS "${_carseg_stdcxx_so}")
-      get_filename_component(CARSEG_SHARED_STDCXX "${_carseg_stdcxx_so}" REALPATH)
+  if(IS_ABSOLUTE "${_carseg_stdcxx_so}" AND EXISTS "${_carseg_stdcxx_so}")
+    get_filename_component(CARSEG_SHARED_STDCXX "${_carseg_stdcxx_so}" REALPATH)
+    if(_carseg_stdcxx_why)
       message(STATUS "carseg: ${_carseg_stdcxx_why}; linking the shared ${CARSEG_SHARED_STDCXX} "
                      "ahead of it (a static copy crashes in Python beside torch's)")
-    else()
-      message(WARNING "carseg: ${_carseg_stdcxx_why}, and libstdc++.so.6 was not found either: "
-                      "the bindings may link a static libstdc++ and crash when Python loads them")
     endif()
+  elseif(_carseg_stdcxx_why)
+    message(WARNING "carseg: ${_carseg_stdcxx_why}, and libstdc++.so.6 was not found either: "
+                    "the bindings may link a static libstdc++ and crash when Python loads them")
   endif()
 endif()

@@ -77,20 +77,29 @@ def _load_beside_torch(lib: Path) -> subprocess.CompletedProcess[str]:
 
 @needs_binutils
 @pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-def test_cmake_module_links_the_shared_libstdcxx_under_static_flags(tmp_path: Path) -> None:
-    """Under -static-libstdc++ the module's library needs libstdc++.so and works beside torch;
-    the same library without the module has the static copy and crashes there."""
+@pytest.mark.parametrize("how", ["flags", "wrapper"])
+def test_cmake_module_links_the_shared_libstdcxx_under_static_flags(tmp_path: Path,
+                                                                   how: str) -> None:
+    """Under -static-libstdc++ (in CMake's flags, or added unseen by a compiler wrapper) the
+    module's library needs libstdc++.so and works beside torch; the same library without the
+    module has the static copy and crashes there."""
     cmake = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
     if cmake is None:
         pytest.skip("needs cmake")
     (tmp_path / "probe.cpp").write_text(_SOURCE)
     (tmp_path / "CMakeLists.txt").write_text(_CMAKE.format(cmake_dir=ROOT / "cmake"))
+    if how == "flags":
+        args = ["-DCMAKE_CXX_COMPILER=g++", "-DCMAKE_SHARED_LINKER_FLAGS=-static-libstdc++"]
+    else:
+        wrapper = tmp_path / "gxx"
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("g++")} "$@" -static-libstdc++\n')
+        wrapper.chmod(0o755)
+        args = [f"-DCMAKE_CXX_COMPILER={wrapper}"]
     conf = subprocess.run([cmake, "-S", str(tmp_path), "-B", str(tmp_path / "b"),
-                           "-DCMAKE_CXX_COMPILER=g++", "-DCMAKE_BUILD_TYPE=Release",
-                           "-DCMAKE_SHARED_LINKER_FLAGS=-static-libstdc++"],
-                          capture_output=True, text=True)
+                           "-DCMAKE_BUILD_TYPE=Release", *args], capture_output=True, text=True)
     assert conf.returncode == 0, conf.stdout + conf.stderr
-    assert "the link flags ask for -static-libstdc++; linking the shared" in conf.stdout
+    if how == "flags":
+        assert "the link flags ask for -static-libstdc++; linking the shared" in conf.stdout
     build = subprocess.run([cmake, "--build", str(tmp_path / "b")], capture_output=True,
                            text=True)
     assert build.returncode == 0, build.stdout + build.stderr
