@@ -19,6 +19,13 @@ using carseg::test::ref_logits;
 using carseg::test::ref_mask;
 using nlohmann::json;
 
+// The fixture's model on the GPU, with the default options.
+carseg::Predictor fixture_on_gpu() {
+  carseg::PredictorOptions o;
+  o.device = "cuda";
+  return carseg::Predictor(fixtures() / "model", o);
+}
+
 // The Python reference ran the whole fixture set as one batch: so does this test, and on the
 // CPU the masks must be identical (IoU 1), the logits equal to float rounding.
 TEST(Predictor, BatchMatchesPythonReference) {
@@ -225,9 +232,7 @@ TEST(PredictorCuda, PinnedPhotosAndBatchedCopiesBack) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  carseg::PredictorOptions o;
-  o.device = "cuda";
-  const carseg::Predictor gpu(fixtures() / "model", o);
+  const carseg::Predictor gpu = fixture_on_gpu();
   const std::vector<torch::Tensor> pageable = carseg::test::png_photos(c);
   std::vector<torch::Tensor> pinned;
   for (const auto& im : pageable) pinned.push_back(im.pin_memory());
@@ -251,11 +256,10 @@ TEST(PredictorCuda, PinnedPhotosAndBatchedCopiesBack) {
 TEST(PredictorCuda, DeviceCudaIsResolvedToItsIndex) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
-  carseg::PredictorOptions o;
-  o.device = "cuda";
-  const carseg::Predictor gpu(fixtures() / "model", o);
+  const carseg::Predictor gpu = fixture_on_gpu();
   EXPECT_TRUE(gpu.device().has_index());
   EXPECT_EQ(gpu.device(), torch::empty({0}, torch::kCUDA).device());
+  carseg::PredictorOptions o;
   o.device = "cuda:" + std::to_string(torch::cuda::device_count());
   try {
     const carseg::Predictor none(fixtures() / "model", o);
@@ -269,9 +273,7 @@ TEST(PredictorCuda, OutputOnTheDeviceStaysOnTheGpu) {
   if (!carseg::cuda_available()) GTEST_SKIP() << "no CUDA device";
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
-  carseg::PredictorOptions o;
-  o.device = "cuda";
-  const carseg::Predictor gpu(fixtures() / "model", o);
+  const carseg::Predictor gpu = fixture_on_gpu();
   std::vector<torch::Tensor> images = carseg::test::png_photos(c);
   for (auto& im : images) im = im.to(torch::kCUDA);
   const auto on_cpu = gpu.predict_mattes(images);
