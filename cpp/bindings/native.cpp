@@ -214,11 +214,7 @@ py::dict report_dict(const carseg::PipelineReport& report) {
   out["succeeded"] = report.succeeded();
   out["failed"] = report.failed();
   py::dict stages;
-  stages["decode_s"] = report.stages.decode;
-  stages["infer_s"] = report.stages.infer;
-  stages["infer_wait_s"] = report.stages.infer_wait;
-  stages["infer_blocked_s"] = report.stages.infer_blocked;
-  stages["encode_s"] = report.stages.encode;
+  for (const auto& [name, seconds] : report.stages.named()) stages[py::str(name)] = seconds;
   stages["workers"] = report.workers;
   out["stages"] = stages;
   return out;

@@ -85,7 +85,9 @@ void expect_skipping_is_exact(const torch::Tensor& image, const std::shared_ptr<
   EXPECT_TRUE(torch::equal(a.mask, b.mask));
   EXPECT_TRUE(torch::equal(a.alpha, b.alpha));
   EXPECT_DOUBLE_EQ(full, 1.0);
-  if (expect_skips) EXPECT_LT(banded, 0.5) << "the bound settled too little";
+  if (expect_skips) {
+    EXPECT_LT(banded, 0.5) << "the bound settled too little";
+  }
 }
 
 TEST(Refine, SkippingSettledPixelsIsExactOnTheFixtures) {

@@ -179,9 +179,8 @@ int cmd_infer(int argc, char** argv) {
             << r.workers << "\n";
   if (report) {
     json j = common.describe(*predictor);
-    j["stages"] = {{"decode_s", st.decode}, {"infer_s", st.infer}, {"infer_wait_s", st.infer_wait},
-                   {"infer_blocked_s", st.infer_blocked}, {"encode_s", st.encode},
-                   {"workers", r.workers}};
+    for (const auto& [name, seconds] : st.named()) j["stages"][name] = seconds;
+    j["stages"]["workers"] = r.workers;
     j.update({{"command", "infer"}, {"ok", r.failed() == 0}, {"threshold", predictor->threshold()},
               {"batch", opt.batch}, {"decode", opt.gpu_decode ? "gpu" : "cpu"},
               {"background", opt.cutout ? json(opt.cutout->describe()) : json(nullptr)},

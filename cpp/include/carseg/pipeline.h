@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "carseg/cutout.h"
@@ -102,6 +103,11 @@ struct StageSeconds {
   double infer_wait = 0;
   double infer_blocked = 0;
   double encode = 0;
+  /// The stages under the names every report uses ("decode_s", ...), in this order.
+  [[nodiscard]] std::vector<std::pair<std::string, double>> named() const {
+    return {{"decode_s", decode}, {"infer_s", infer}, {"infer_wait_s", infer_wait},
+            {"infer_blocked_s", infer_blocked}, {"encode_s", encode}};
+  }
 };
 
 struct PipelineReport {
