@@ -113,7 +113,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         report = run_batch(args.inputs, args.model, args.output, address=args.address,
                            workers=args.workers, batch_size=args.batch_size, device=args.device,
-                           cutout=args.cutout, backend=args.backend, handle_signals=True)
+                           cutout=args.cutout, backend=args.backend, decode=args.decode,
+                           handle_signals=True)
     except BaseException as e:  # the report is written whatever stops the run
         if args.report:
             write_report(Report(error=f"{type(e).__name__}: {e}"), args.report)
@@ -129,7 +130,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def cmd_cutout(args: argparse.Namespace) -> int:
     from carseg.apps.cutout import Outputs, cutout_stream, run_cutout
-    from carseg.runtime.predictor import describe, open_predictor
+    from carseg.runtime.predictor import check_decode, describe, open_predictor
 
     outputs = Outputs(background=None if args.mask_only else args.background, crop=args.crop,
                       matte=args.matte, quality=args.quality)
@@ -139,10 +140,15 @@ def cmd_cutout(args: argparse.Namespace) -> int:
                          "carseg cutout - --model M --output - < car.jpg > cutout.jpg")
     if streaming and sys.stdout.isatty():
         raise ValueError("--output -: stdout is a terminal; redirect it to a file or a pipe")
+    check_decode(args.decode, args.backend, args.device)
+    if streaming and args.decode == "gpu":
+        raise ValueError("--decode gpu is for files and folders (libcarseg's pipeline); a photo "
+                         "on stdin is decoded on the CPU")
     predictor = open_predictor(args.model, backend=args.backend, device=args.device,
                                precision=args.precision, threshold=args.threshold,
                                refine=not args.no_refine, softness=args.softness)
-    log.info("carseg cutout: %s", describe(predictor, args.backend))
+    log.info("carseg cutout: %s, JPEG decoding on the %s", describe(predictor, args.backend),
+             args.decode.upper())
     if streaming:
         from carseg.io.images import MAX_FILE_BYTES
 
@@ -153,7 +159,7 @@ def cmd_cutout(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
         return EXIT_OK
     report = run_cutout(args.inputs, predictor, args.output, workers=args.workers,
-                        overwrite=args.overwrite, outputs=outputs)
+                        overwrite=args.overwrite, outputs=outputs, decode=args.decode)
     _print_failures("cutout", report.failed)
     log.info("%d image(s) cut out, %d failed, %.2f images/s (%s backend) -> %s",
              len(report.done), len(report.failed), report.images_per_s, args.backend,
@@ -204,6 +210,13 @@ def _model_args(s: argparse.ArgumentParser, backends: list[str], folders: bool =
                         "carseg_infer, where it is built; the others run the artifact in "
                         "Python, which works wherever the package installs")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def _decode_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="where JPEGs are decoded: gpu decodes them with nvJPEG on the CUDA "
+                        "device and the model reads them there (--backend native --device "
+                        "cuda; other formats, CMYK and damaged JPEGs are decoded on the CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--softness", type=float,
                    help="width of the matte's soft edge in (0, 1] (default: the manifest's)")
     s.add_argument("--workers", type=int, default=2, help="decode/encode threads")
+    _decode_arg(s)
     s.add_argument("--overwrite", action="store_true",
                    help="replace outputs already in the output folder (default: a photo whose "
                         "outputs exist is refused; nothing there is replaced)")
@@ -320,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "#RRGGBB or an image file (resized to each photo; readable where the "
                         "workers run): NAME_cutout.jpg; transparent: NAME_cutout.png with the "
                         "alpha matte; none: masks only")
+    _decode_arg(s)
     s.add_argument("--report", type=Path, help="JSON report: done, skipped, failed with reasons")
     s.set_defaults(func=cmd_batch)
     return use_help_formatter(p)

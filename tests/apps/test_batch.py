@@ -148,6 +148,19 @@ def test_a_cutout_it_cannot_make_is_refused_before_anything_runs(value: str, pho
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_decoding_on_the_gpu_without_native_cuda_is_refused_before_anything_runs(
+        photos: Path, tiny_artifacts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run([str(CARSEG), "batch", str(photos), "--model", str(tiny_artifacts),
+                           "--output", str(out), "--backend", "native", "--decode", "gpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert ("carseg batch: error: --decode gpu decodes JPEGs with nvJPEG for the C++ pipeline "
+            "on a GPU: use it with --backend native --device cuda (got --backend native "
+            "--device cpu)") in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists() or not list(out.iterdir())
+
+
 def test_interrupted_run_then_rerun_completes_without_duplicates(
         photos: Path, tiny_artifacts: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "out", tmp_path / "report.json"

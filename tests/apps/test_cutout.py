@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     carseg_infer,
     copy_photos,
@@ -299,6 +300,10 @@ def test_one_photo_through_stdin_and_stdout(photos: Path, tiny_artifacts: Path) 
     (["--crop", "-3"], "--crop: expected a margin >= 0 pixels, got -3"),
     (["--quality", "0"], "--quality: expected 1 to 100, got 0"),
     (["--softness", "2"], "softness: expected a number in (0, 1], got 2"),
+    (["--decode", "gpu"], "--decode gpu decodes JPEGs with nvJPEG for the C++ pipeline on a "
+                          "GPU: use it with --backend native --device cuda (got --backend "
+                          "torchscript --device cpu)"),
+    (["--decode", "gpu", "--backend", "native"], "(got --backend native --device cpu)"),
 ])
 def test_bad_output_options_are_named(photos: Path, tiny_artifacts: Path, tmp_path: Path,
                                       capsys, args: list[str], words: str) -> None:
@@ -319,3 +324,20 @@ def test_no_refine_gives_the_models_mask(photos: Path, tiny_artifacts: Path,
     for photo in photos.iterdir():
         assert np.array_equal(read_mask(out / f"{photo.stem}_mask.png"),
                               plain.predict(read_rgb(photo)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_jpegs_decoded_on_the_gpu(photos: Path, tiny_artifacts: Path, tmp_path: Path,
+                                  caplog) -> None:
+    """carseg cutout --backend native --device cuda --decode gpu: nvJPEG's photos through the
+    C++ pipeline, every photo written, and the first line says where JPEGs are decoded."""
+    pytest.importorskip("carseg._native")
+    caplog.set_level("INFO")
+    out = tmp_path / "o"
+    assert main(["cutout", str(photos), "--model", str(tiny_artifacts), "--output", str(out),
+                 "--backend", "native", "--device", "cuda", "--decode", "gpu"]) == 0
+    assert "JPEG decoding on the GPU" in caplog.text
+    jpgs = sorted(photos.glob("*.jpg"))
+    assert jpgs and all((out / f"{p.stem}_mask.png").is_file() for p in jpgs)
+    assert all((out / f"{p.stem}_cutout.jpg").is_file() for p in jpgs)

@@ -34,7 +34,7 @@ from carseg.io.encode import (
 from carseg.io.files import prepare_out_dir, write_atomic
 from carseg.io.images import read_rgb
 from carseg.io.names import list_photos, outputs_for
-from carseg.runtime.predictor import open_predictor, trial_open
+from carseg.runtime.predictor import check_decode, open_predictor, trial_open
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class _PipelineActor:
     """backend native: libcarseg's pipeline over each batch of photo paths, in C++ throughout."""
 
     def __init__(self, model_dir: str, device: str, output: str, cutout: str,
-                 batch_size: int) -> None:
+                 batch_size: int, decode: str = "cpu") -> None:
         from carseg import _native
 
         self.predictor = open_predictor(model_dir, backend="native", device=device)
@@ -93,7 +93,7 @@ class _PipelineActor:
         # skipped, and what a killed run left of the others is replaced
         self.pipeline = _native.Pipeline(self.predictor, batch=batch_size, workers=1,
                                          cutout=None if cutout == "none" else cutout,
-                                         overwrite=True)
+                                         overwrite=True, decode=decode)
         self.output = output
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -146,7 +146,7 @@ class Report:
 def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str = "local",
               workers: int = 1, batch_size: int = 4, device: str = "cpu",
               cutout: str = "white", backend: str = "torchscript", num_cpus: int | None = None,
-              handle_signals: bool = False) -> Report:
+              handle_signals: bool = False, decode: str = "cpu") -> Report:
     """The job; `handle_signals` (the CLI's, from the main thread): SIGINT and SIGTERM end it
     through KeyboardInterrupt, so that the Ray it started is shut down."""
     require_ray("Ray Data")
@@ -159,9 +159,11 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         cutout = str(Path(cutout).resolve())  # the workers' folder may differ
     if workers < 1 or batch_size < 1:
         raise ValueError(f"--workers and --batch-size must be >= 1, got {workers}, {batch_size}")
+    check_decode(decode, backend, device)
     if not (model_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{model_dir / 'manifest.json'}: not an artifact folder")
-    log.info("carseg batch: each actor runs %s", trial_open(model_dir, backend, device))
+    log.info("carseg batch: each actor runs %s, JPEG decoding on the %s",
+             trial_open(model_dir, backend, device), decode.upper())
     prepare_out_dir(output)
     # temporaries left by an interrupted run are never outputs (one job per output folder)
     for stale in output.glob(".*.tmp*"):
@@ -204,7 +206,7 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         if backend == "native":
             ds = ds.map_batches(_PipelineActor, fn_constructor_kwargs={
                 "model_dir": model, "device": device, "output": out, "cutout": cutout,
-                "batch_size": batch_size}, **actors)
+                "batch_size": batch_size, "decode": decode}, **actors)
         else:
             ds = ds.map(_decode)
             ds = ds.map_batches(_PredictActor, fn_constructor_kwargs={

@@ -133,20 +133,25 @@ def _is_native(predictor: Any) -> bool:
 
 def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str | None = "white",
                workers: int = 2, progress: bool = True, batch: int = 8,
-               overwrite: bool = False, outputs: Outputs | None = None) -> CutoutReport:
+               overwrite: bool = False, outputs: Outputs | None = None,
+               decode: str = "cpu") -> CutoutReport:
     """Masks and cutouts of `inputs` in `output`. A photo whose outputs already exist is
     refused unless `overwrite`: a run never replaces a file it did not write. `outputs` (crop,
-    matte, JPEG quality) overrides `background`."""
+    matte, JPEG quality) overrides `background`. decode="gpu": JPEGs decoded by nvJPEG (the
+    native predictor on CUDA only)."""
     outputs = outputs or Outputs(background=background)
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
+    if decode == "gpu" and not _is_native(predictor):
+        raise ValueError("--decode gpu needs the native predictor (--backend native)")
     prepare_out_dir(output)
     photos, failed = list_photos(inputs, output)
     report = CutoutReport(failed=failed)
     bar = _progress_bar(len(photos), progress)
     t0 = time.monotonic()
     if _is_native(predictor):
-        _run_native(photos, predictor, output, outputs, workers, batch, bar, report, overwrite)
+        _run_native(photos, predictor, output, outputs, workers, batch, bar, report, overwrite,
+                    decode)
     else:
         _run_python(photos, predictor, output, outputs, workers, bar, report, overwrite)
     if bar is not None:
@@ -157,7 +162,7 @@ def run_cutout(inputs: list[Path], predictor: Any, output: Path, background: str
 
 def _run_native(photos: list[Path], predictor: Any, output: Path, outputs: Outputs,
                 workers: int, batch: int, bar: Any, report: CutoutReport,
-                overwrite: bool) -> None:
+                overwrite: bool, decode: str = "cpu") -> None:
     """libcarseg's folder pipeline over the C++ predictor."""
     from carseg import _native
 
@@ -168,7 +173,8 @@ def _run_native(photos: list[Path], predictor: Any, output: Path, outputs: Outpu
     pipeline = _native.Pipeline(predictor, batch=batch, workers=workers,
                                 cutout=outputs.background, overwrite=overwrite,
                                 jpeg_quality=outputs.quality, matte=outputs.matte,
-                                crop=outputs.crop, progress=show if bar is not None else None)
+                                crop=outputs.crop, progress=show if bar is not None else None,
+                                decode=decode)
     result = pipeline.run([str(p) for p in photos], str(output))
     for r in result["results"]:
         if r["ok"]:

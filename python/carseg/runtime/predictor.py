@@ -31,6 +31,21 @@ def describe(predictor: Any, backend: str) -> str:
             f"refinement {'off' if radius is None else f'on (radius {radius} model px)'}")
 
 
+DECODES = ("cpu", "gpu")
+
+
+def check_decode(decode: str, backend: str, device: str) -> None:
+    """--decode gpu (JPEGs decoded by nvJPEG on the device, the model reading them in place) is
+    libcarseg's folder pipeline on CUDA: the native backend on a CUDA device. Anything else is
+    refused here, before any work, saying what to change."""
+    if decode not in DECODES:
+        raise ValueError(f"--decode: expected cpu or gpu, got {decode!r}")
+    if decode == "gpu" and (backend != "native" or not device.startswith("cuda")):
+        raise ValueError(f"--decode gpu decodes JPEGs with nvJPEG for the C++ pipeline on a GPU: "
+                         f"use it with --backend native --device cuda (got --backend {backend} "
+                         f"--device {device})")
+
+
 def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
                    precision: str = "fp32", threshold: float | None = None,
                    refine: bool = True, softness: float | None = None) -> Any:
