@@ -193,14 +193,14 @@ torch::Tensor CudaExecutor::replay(const torch::Tensor& x) {
   return g->out;
 }
 
-void CudaExecutor::hand_over(const std::vector<torch::Tensor>& results) {
+void CudaExecutor::hand_over(const std::vector<torch::Tensor*>& results) {
   Impl& m = *impl_;
   if (!m.caller || *m.caller == m.stream) return;
   at::cuda::CUDAEvent made;
   made.record(m.stream);
   made.block(*m.caller);
-  for (const auto& t : results) {
-    if (t.defined() && t.device() == m.device) t.record_stream(*m.caller);
+  for (const torch::Tensor* t : results) {
+    if (t->defined() && t->device() == m.device) t->record_stream(*m.caller);
   }
 }
 
@@ -227,7 +227,7 @@ void CudaExecutor::on_stream(const std::function<void()>& f) { f(); }
 std::vector<torch::Tensor> CudaExecutor::upload(const std::vector<torch::Tensor>& images) {
   return images;
 }
-void CudaExecutor::hand_over(const std::vector<torch::Tensor>&) {}
+void CudaExecutor::hand_over(const std::vector<torch::Tensor*>&) {}
 void CudaExecutor::inputs_read() {}
 void CudaExecutor::to_host(const std::vector<torch::Tensor*>&) {}
 torch::Tensor CudaExecutor::replay(const torch::Tensor&) { return {}; }

@@ -137,18 +137,9 @@ struct Predictor::Impl {
   // CPU are copied back together at the end of the call (run_each).
   Output made_at(Output output) const { return cuda ? Output::kDevice : output; }
 
-  // The tensors of a result, for CudaExecutor::hand_over.
-  static void collect(const torch::Tensor& t, std::vector<torch::Tensor>& into) { into.push_back(t); }
-  static void collect(const Matte& m, std::vector<torch::Tensor>& into) {
-    into.push_back(m.mask);
-    into.push_back(m.alpha);
-    if (m.fit) {
-      for (const torch::Tensor* t : {&m.fit->a, &m.fit->b, &m.fit->fg, &m.fit->bg}) into.push_back(*t);
-    }
-  }
-
-  // The tensors of a result, moved to the host together (CudaExecutor::to_host). A fit is shared
-  // and const: the result gets its own copy, whose tensors move.
+  // The tensors of a result: moved to the host together (CudaExecutor::to_host), or handed to
+  // the caller's stream (CudaExecutor::hand_over). A fit is shared and const: the result gets
+  // its own (shallow) copy, whose tensors can move.
   static void slots(torch::Tensor& t, std::vector<torch::Tensor*>& into) { into.push_back(&t); }
   static void slots(Matte& m, std::vector<torch::Tensor*>& into) {
     into.push_back(&m.mask);
@@ -203,8 +194,8 @@ struct Predictor::Impl {
       // made on our stream, and the caller's stream must wait for them. The caller's pinned
       // photos may be overwritten once this returns: they have been read.
       if (output == Output::kDevice) {
-        std::vector<torch::Tensor> made;
-        for (const T& o : out) collect(o, made);
+        std::vector<torch::Tensor*> made;
+        for (T& o : out) slots(o, made);
         cuda->hand_over(made);
         cuda->inputs_read();
       }

@@ -42,7 +42,7 @@ class CudaExecutor {
   /// Results made on the stream, handed to the caller as device tensors: the caller's stream
   /// waits for the stream's work so far, and the caching allocator is told that the caller's
   /// stream uses them (so that their memory is not reused under it once freed).
-  void hand_over(const std::vector<torch::Tensor>& results);
+  void hand_over(const std::vector<torch::Tensor*>& results);
   /// The backend's logits for `x` from the CUDA graph of x's shape (a static output, valid
   /// until the next replay); undefined when that graph could not be captured (then run eager).
   [[nodiscard]] torch::Tensor replay(const torch::Tensor& x);
