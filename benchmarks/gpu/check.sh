@@ -64,6 +64,23 @@ step() {
   echo "=== $name: exit $rc" | tee -a "$LOG"
   return $rc
 }
+# step_in_background NAME CMD...: `step` in a background subshell, logging to its own file, for
+# CPU work beside other steps; step_join NAME waits for it, appends its log to log.txt and
+# returns 0 if it ran and passed (steps.tsv has its line).
+declare -A BG_PIDS
+step_in_background() {
+  : > "$WORK/$1.log"
+  (LOG=$WORK/$1.log step "$@") &
+  BG_PIDS[$1]=$!
+}
+step_join() {
+  local rc
+  wait "${BG_PIDS[$1]}"
+  cat "$WORK/$1.log" >> "$LOG"
+  rc=$(awk -F'\t' -v n="$1" '$1 == n { rc = $2 } END { print rc }' "$STEPS")
+  echo "=== $1 (joined): exit ${rc:-none}" | tee -a "$LOG"
+  [ "$rc" = 0 ]
+}
 
 # ---------------------------------------------------------------------------- set-up
 # The GPU image has torch (2.11, CUDA 13), pybind11, cmake, ninja, onnx, onnxruntime; the
@@ -155,9 +172,7 @@ e2e_photos() {
   done
 }
 # Drawn in the background (CPU work) while the GPU trains; joined before the end-to-end runs.
-: > "$WORK/e2e_photos.log"
-(LOG=$WORK/e2e_photos.log step e2e_photos e2e_photos) &
-E2E_PHOTOS_PID=$!
+step_in_background e2e_photos e2e_photos
 
 # On CUDA 128 photos and 4 epochs (seconds there): a model good enough that fp16-against-fp32
 # mask IoU measures fp16, not a half-trained model's coin flips; on the CPU 64 and 2.
@@ -282,8 +297,7 @@ json.dump({"images": rep["succeeded"], "carseg_infer_images_per_s": rep["images_
 print(open(out).read())
 PY
 }
-wait "$E2E_PHOTOS_PID"
-cat "$WORK/e2e_photos.log" >> "$LOG"
+step_join e2e_photos
 step e2e e2e
 
 # The same model through every Python backend, the anchors among them (eager fp32,
@@ -297,11 +311,8 @@ cp "$WORK/bench_py/results.json" "$OUT/bench_py.json" 2>/dev/null
 # The AOTInductor package (a minute or more of CPU-bound compile, and a crash in its load on
 # both GPU runs so far) compiles in the background while the tests run: for this device and
 # precision, in a child process, with a native stack on a crash. Its log joins log.txt after.
-AOTI_LOG=$WORK/aoti.log
-: > "$AOTI_LOG"
-(LOG=$AOTI_LOG OPTIONAL=1 step aoti with_trace "$PY" -m export aoti --logdir "$WORK/logs" \
-   --out "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC") &
-AOTI_PID=$!
+OPTIONAL=1 step_in_background aoti with_trace "$PY" -m export aoti --logdir "$WORK/logs" \
+  --out "$CPP_ART" --device "$DEVICE" --precision "$CPP_PREC"
 
 # ctest of the CMake that configured the build (pip's, beside the Python), not an older one
 CTEST=$BIN/ctest; [ -x "$CTEST" ] || CTEST=ctest
@@ -309,7 +320,7 @@ OPTIONAL=1 step ctest "$CTEST" --test-dir "$BUILD" --output-on-failure -j4 -R "C
 # pytest -m gpu, each test's result printed as it ends (-v). A crash ends the process: the test
 # that was running is named, the tests not yet run run again without it (3 crashes at most).
 pytest_gpu() {
-  local out=$WORK/pytest_gpu.txt rc=0 round crashed nodeid
+  local out=$WORK/pytest_gpu.txt rc=0 round crashed nodeid crashed_once=0
   local -a skip=()
   for round in 1 2 3 4; do
     with_trace "$PY" -m pytest -v -p no:cacheprovider -m gpu tests "${skip[@]}" > "$out" 2>&1
@@ -318,28 +329,25 @@ pytest_gpu() {
     [ "$rc" -ge 128 ] || break
     crashed=$(grep -oE '^tests/[^ ]+::[^ ]+' "$out" | tail -1)
     echo "pytest: crashed (exit $rc) in ${crashed:-an unknown test}; the rest run again without it"
+    crashed_once=1
     [ -n "$crashed" ] || break
     skip+=(--deselect "$crashed")
     while read -r nodeid; do skip+=(--deselect "$nodeid"); done < <(
       grep -oE '^tests/[^ ]+::[^ ]+ (PASSED|FAILED|SKIPPED|ERROR|XFAIL|XPASS)' "$out" | cut -d' ' -f1)
-    [ "$round" = 1 ] && CRASHED=1
   done
-  [ "${CRASHED:-0}" = 1 ] && return 139
+  [ "$crashed_once" = 1 ] && return 139
   return "$rc"
 }
 OPTIONAL=1 step pytest_gpu pytest_gpu
 
-wait "$AOTI_PID"
-AOTI_RC=$(awk -F'\t' '$1 == "aoti" { rc = $2 } END { print rc }' "$STEPS")
-cat "$AOTI_LOG" >> "$LOG"
-echo "=== aoti (joined): exit ${AOTI_RC:-none}"
+step_join aoti && AOTI_OK=1
 # Timed in C++ once the tests are done (nothing else running).
 aoti_bench() {
   bench_sizes aoti &&
   merge_json "$WORK/bench_cpp_aoti.json" 256="$WORK/bench_aoti_256.json" \
     1280x1920="$WORK/bench_aoti_1280x1920.json"
 }
-[ "${AOTI_RC:-}" = 0 ] && OPTIONAL=1 step bench_cpp_aoti aoti_bench
+[ "${AOTI_OK:-0}" = 1 ] && OPTIONAL=1 step bench_cpp_aoti aoti_bench
 
 
 # Where the end-to-end run's time goes on the GPU (the target furthest off), where the image
