@@ -82,6 +82,11 @@ class OnnxBackend final : public Backend {
       // The same threads as libtorch's intra-op pool (carseg_infer --threads sets both).
       options.SetIntraOpNumThreads(at::get_num_threads());
       options.SetInterOpNumThreads(1);
+      // Its pool's threads sleep between runs instead of spinning: in carseg_infer infer the
+      // decode and encode workers share the cores, and spinning took their time (end to end
+      // 5-12% more photos a second without it, in 3 alternated rounds on 2 cores; batch-1
+      // latency the same within noise; benchmarks/results/cpu-amd-epyc/e2e.md).
+      options.AddConfigEntry("session.intra_op.allow_spinning", "0");
       options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
       session_ = Ort::Session(*rt.env, bytes.data(), bytes.size(), options);
     } catch (const Ort::Exception& e) {

@@ -1,0 +1,126 @@
+"""End to end on this machine: the seed tutorial's script against carseg_infer, alternated.
+
+    carseg synth --out out/e64 --num 64 --size 1280x1918 --seed 7
+    python -m export int8 demo/artifacts --calibration demo/data/train     (for the int8 rows)
+    python -m benchmarks.e2e --artifacts demo/artifacts --photos out/e64/train [--commit]
+
+A folder of full-size JPEGs to a mask PNG and a white JPEG cutout each, timed from the first
+photo read to the last file written (model loading not counted, for every pipeline): the seed
+tutorial's Python script (benchmarks/seed_script.py: cv2, albumentations, TorchScript, one
+photo at a time, no refinement), then `carseg_infer infer` with its defaults (fp32, the CPU's
+default backend, refined), with --no-refine, and, where the folder has model.int8.onnx, with
+--precision int8 (refined and not). The pipelines take turns in each round, so that a slower
+spell of a noisy machine falls on all of them; the table gives each one's median over the
+rounds and its speed-up over the seed's median, and each round's own ratio is in e2e.json.
+Writes e2e.json and e2e.md to out/benchmarks/<device>/ (with --commit,
+benchmarks/results/<device>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import measure as M
+from benchmarks import seed_script
+from benchmarks.cutout_quality import run_infer
+from benchmarks.run import RESULTS, SCRATCH
+from carseg.io.files import write_atomic
+
+SEED = "seed script (cv2 + albumentations + TorchScript, no refinement)"
+
+
+def pipelines(manifest: dict) -> dict[str, list[str]]:
+    """carseg_infer's rows: label -> its extra flags."""
+    rows = {"carseg_infer infer (defaults: fp32, refined)": [],
+            "carseg_infer infer --no-refine": ["--no-refine"]}
+    if "onnx_int8" in manifest["artifacts"]:
+        rows["carseg_infer infer --precision int8 (refined)"] = ["--precision", "int8"]
+        rows["carseg_infer infer --precision int8 --no-refine"] = ["--precision", "int8",
+                                                                   "--no-refine"]
+    return rows
+
+
+def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict]:
+    """Images a second per pipeline and round; and what carseg_infer said it ran on."""
+    manifest = json.loads((artifacts / "manifest.json").read_text())
+    jpegs = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not jpegs:
+        raise SystemExit(f"{photos}: no JPEG photos")
+    rows = pipelines(manifest)
+    speed: dict[str, list[float]] = {SEED: [], **{k: [] for k in rows}}
+    ran_on: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="carseg-e2e-") as tmp:
+        work = Path(tmp)
+        for r in range(rounds):
+            out = work / "seed"
+            shutil.rmtree(out, ignore_errors=True)
+            speed[SEED].append(seed_script.run(artifacts, jpegs, out)["images_per_s"])
+            for label, extra in rows.items():
+                rep = run_infer(artifacts, photos, work / "cpp", *extra)
+                if rep["failed"]:
+                    raise SystemExit(f"{label}: {rep['failed']} photos failed: {rep['errors']}")
+                speed[label].append(rep["images_per_second"])
+                ran_on[label] = {k: rep[k] for k in ("backend", "precision", "device", "batch",
+                                                     "refine") if k in rep}
+            sys.stderr.write(f"round {r + 1}: " + ", ".join(
+                f"{k.split(' (')[0]} {v[-1]:.1f}" for k, v in speed.items()) + " img/s\n")
+    return speed, ran_on
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--artifacts", type=Path, required=True, help="the exported folder")
+    ap.add_argument("--photos", type=Path, required=True, help="a folder of JPEG photos")
+    ap.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
+    ap.add_argument("--commit", action="store_true",
+                    help="write to benchmarks/results/<device>/ (default: out/benchmarks/)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        raise SystemExit("--rounds: at least 1")
+    speed, ran_on = run_rounds(args.artifacts, args.photos, args.rounds)
+    seed = speed[SEED]
+    med = {k: statistics.median(v) for k, v in speed.items()}
+    ratios = {k: [a / b for a, b in zip(v, seed, strict=True)] for k, v in speed.items()}
+    info = M.device_info(torch.device("cpu"))
+    n = sum(1 for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    result = {"device": info, "date": time.strftime("%Y-%m-%d"), "artifacts": str(args.artifacts),
+              "photos": n, "rounds": args.rounds, "images_per_s": speed,
+              "median_images_per_s": med, "ratio_to_seed_per_round": ratios,
+              "carseg_infer_ran_on": ran_on}
+    out = (RESULTS if args.commit else SCRATCH) / info["slug"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "e2e.json", json.dumps(M.asjson(result), indent=2) + "\n")
+    lines = [f"# End to end on the CPU: {info['name']}", "",
+             f"{result['date']}, {n} JPEG photos from `{args.photos}` to a mask PNG and a white "
+             f"JPEG cutout each, model `{args.artifacts}`, model loading not counted; "
+             f"{args.rounds} rounds, the pipelines alternated within each. Command: "
+             f"`python -m benchmarks.e2e --artifacts {args.artifacts} --photos {args.photos}`",
+             "", "| pipeline | ran on | img/s (median) | over the seed (median) | "
+             "over the seed, each round |", "| --- | --- | ---: | ---: | --- |"]
+    for k, v in med.items():
+        on = ran_on.get(k)
+        where = f"{on['device']} {on['precision']} {on['backend']}" if on else "cpu fp32 TorchScript"
+        lines.append(f"| {k} | {where} | {v:.1f} | {v / med[SEED]:.2f}x | "
+                     + ", ".join(f"{x:.2f}x" for x in ratios[k]) + " |")
+    refined, plain = ("carseg_infer infer (defaults: fp32, refined)",
+                      "carseg_infer infer --no-refine")
+    cost = [b / a - 1 for a, b in zip(speed[refined], speed[plain], strict=True)]
+    lines += ["", "What the refinement costs carseg_infer (time a photo with it over time "
+              f"without, fp32), each round: {', '.join(f'{c:+.1%}' for c in cost)}; median "
+              f"{statistics.median(cost):+.1%}."]
+    write_atomic(out / "e2e.md", "\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
