@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
              "over the seed, each round |", "| --- | --- | ---: | ---: | --- |"]
     for k, v in med.items():
         on = ran_on.get(k)
-        where = f"{on['device']} {on['precision']} {on['backend']}" if on else "cpu fp32 TorchScript"
+        where = (f"{on['device']} {on['precision']} {on['backend']}" if on
+                 else "cpu fp32 TorchScript")
         lines.append(f"| {k} | {where} | {v:.1f} | {v / med[SEED]:.2f}x | "
                      + ", ".join(f"{x:.2f}x" for x in ratios[k]) + " |")
     refined, plain = ("carseg_infer infer (defaults: fp32, refined)",
