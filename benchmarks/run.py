@@ -190,7 +190,10 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     if exe is None:
         add({"pipeline": "carseg_infer infer", "skipped": "carseg_infer not built"})
         return rows
-    for i, extra in enumerate(([], ["--exact"], ["--backend", "onnx"])):
+    runs = [[], ["--exact"], ["--backend", "onnx"]]
+    if "onnx_int8" in manifest["artifacts"]:  # python -m export int8 (make demo does)
+        runs.append(["--precision", "int8"])
+    for i, extra in enumerate(runs):
         label = " ".join(["carseg_infer infer", *extra])
         report = work / f"cpp_report{i}.json"
         proc = subprocess.run([exe, "infer", "--model", str(artifacts), "--input", str(jpegs),

@@ -58,3 +58,41 @@ def test_percentile_and_parity_helpers() -> None:
     b = torch.tensor([[-5.0, 5.0], [-5.0, -5.0]])
     p = parity(a, b)
     assert p["max_abs_diff"] == 10.0 and p["mask_iou"] == 0.5
+
+
+def test_end_to_end_rounds_compare_every_pipeline_with_the_seed(
+        tiny_int8: Path, tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """benchmarks.e2e: each pipeline timed in every round, carseg_infer's rows say what they
+    ran on (int8 where asked), and the ratios are each round's speed over the seed's."""
+    from benchmarks import e2e
+
+    monkeypatch.chdir(tmp_path)
+    assert e2e.main(["--artifacts", str(tiny_int8), "--photos", str(tiny_data / "train"),
+                     "--rounds", "2"]) == 0
+    (out,) = (tmp_path / "out" / "benchmarks").iterdir()
+    r = json.loads((out / "e2e.json").read_text())
+    assert r["photos"] == len(list((tiny_data / "train").glob("*.jpg"))) > 0
+    speed = r["images_per_s"]
+    assert len(speed) == 5 and e2e.SEED in speed
+    for label, v in speed.items():
+        assert len(v) == 2 and all(x > 0 for x in v), label
+        assert r["ratio_to_seed_per_round"][label] == [
+            a / b for a, b in zip(v, speed[e2e.SEED], strict=True)]
+    ran = r["carseg_infer_ran_on"]
+    assert {ran[k]["precision"] for k in ran if "int8" in k} == {"int8"}
+    assert {ran[k]["precision"] for k in ran if "int8" not in k} == {"fp32"}
+    assert all(ran[k]["device"] == "cpu" for k in ran)
+    md = (out / "e2e.md").read_text()
+    assert all(f"| {label} |" in md for label in speed)
+    assert "What the refinement costs" in md
+
+
+def test_end_to_end_refuses_a_folder_without_photos(tiny_artifacts: Path,
+                                                    tmp_path: Path) -> None:
+    import pytest
+
+    from benchmarks import e2e
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no JPEG photos"):
+        e2e.main(["--artifacts", str(tiny_artifacts), "--photos", str(tmp_path / "empty")])
