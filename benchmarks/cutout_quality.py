@@ -32,9 +32,8 @@ from PIL import Image
 
 from benchmarks import measure as M
 from benchmarks.refine_study import boundary_f1, dice
-from benchmarks.run import RESULTS, SCRATCH
+from benchmarks.run import page_folder, write_page
 from carseg.apps.gallery import edge_crop
-from carseg.io.files import write_atomic
 from carseg.io.images import read_rgb
 from carseg.runtime.reference import ReferencePredictor
 
@@ -150,19 +149,16 @@ def main(argv: list[str] | None = None) -> int:
               f"alternated, median): {cost[False] * 1000:.1f} ms a photo without refinement, "
               f"{cost[True] * 1000:.1f} ms with it: refinement costs {ratio - 1:+.1%}.", "",
               "![edge crop: photo, cutout without refinement, with refinement](edge_crop.png)"]
-    out = (RESULTS if args.commit else SCRATCH) / info["slug"]
-    out.mkdir(parents=True, exist_ok=True)
+    out = page_folder(info["slug"], args.commit)
     assert crop_photo is not None
     crop = edge_crop(*crop_photo[1:4], size=200, zoom=2, truth=crop_photo[4])
     Image.fromarray(crop).save(out / "edge_crop.png")
     if args.commit:
         Image.fromarray(crop).save(REPO / "docs" / "edge_crop.png")
-    write_atomic(out / "cutout_quality.json", json.dumps(
-        {"device": device, "photos": [p.name for p in photos], "size": [h, w],
-         "scores": scores, "summary": summary, "seconds_per_photo": per_photo,
-         "refine_cost_ratio": ratio}, indent=1) + "\n")
-    write_atomic(out / "cutout_quality.md", "\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_page(out, "cutout_quality",
+               {"device": device, "photos": [p.name for p in photos], "size": [h, w],
+                "scores": scores, "summary": summary, "seconds_per_photo": per_photo,
+                "refine_cost_ratio": ratio}, "\n".join(lines) + "\n", indent=1)
     return 0
 
 

@@ -32,8 +32,7 @@ import torch
 from benchmarks import measure as M
 from benchmarks import seed_script
 from benchmarks.cutout_quality import run_infer
-from benchmarks.run import RESULTS, SCRATCH
-from carseg.io.files import write_atomic
+from benchmarks.run import page_folder, write_page
 
 SEED = "seed script (cv2 + albumentations + TorchScript, no refinement)"
 
@@ -96,9 +95,6 @@ def main(argv: list[str] | None = None) -> int:
               "photos": n, "rounds": args.rounds, "images_per_s": speed,
               "median_images_per_s": med, "ratio_to_seed_per_round": ratios,
               "carseg_infer_ran_on": ran_on}
-    out = (RESULTS if args.commit else SCRATCH) / info["slug"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "e2e.json", json.dumps(M.asjson(result), indent=2) + "\n")
     lines = [f"# End to end on the CPU: {info['name']}", "",
              f"{result['date']}, {n} JPEG photos from `{args.photos}` to a mask PNG and a white "
              f"JPEG cutout each, model `{args.artifacts}`, model loading not counted; "
@@ -118,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "What the refinement costs carseg_infer (time a photo with it over time "
               f"without, fp32), each round: {', '.join(f'{c:+.1%}' for c in cost)}; median "
               f"{statistics.median(cost):+.1%}."]
-    write_atomic(out / "e2e.md", "\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_page(page_folder(info["slug"], args.commit), "e2e", M.asjson(result),
+               "\n".join(lines) + "\n")
     return 0
 
 

@@ -31,8 +31,7 @@ from PIL import Image
 from benchmarks import measure as M
 from benchmarks.cutout_quality import carseg_infer, run_infer
 from benchmarks.refine_study import dice
-from benchmarks.run import RESULTS, SCRATCH
-from carseg.io.files import write_atomic
+from benchmarks.run import page_folder, write_page
 
 
 def cpp_p50(artifacts: Path, precision: str, size: int, iters: int) -> float:
@@ -112,9 +111,6 @@ def main(argv: list[str] | None = None) -> int:
               "mask_iou_int8_vs_fp32": {"min": min(ious), "mean": statistics.fmean(ious)},
               "dice": {k: statistics.fmean(v) for k, v in dices.items()},
               "verify_parity": q.get("parity")}
-    out = (RESULTS if args.commit else SCRATCH) / info["slug"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "int8.json", json.dumps(M.asjson(result), indent=2) + "\n")
     lines = [f"# int8 on the CPU: {info['name']}", "",
              f"{result['date']}, {result['threads']} threads, `{args.artifacts}` "
              f"(int8 calibrated on {q['calibration']['images']} photos of "
@@ -137,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               f"| Dice against the true masks, fp32 | {result['dice']['fp32']:.4f} |",
               f"| Dice against the true masks, int8 | {result['dice']['int8']:.4f} |",
               f"| Dice difference | {result['dice']['int8'] - result['dice']['fp32']:+.4f} |"]
-    write_atomic(out / "int8.md", "\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_page(page_folder(info["slug"], args.commit), "int8", M.asjson(result),
+               "\n".join(lines) + "\n")
     return 0
 
 

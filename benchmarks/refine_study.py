@@ -16,7 +16,6 @@ benchmarks/results/<device>/).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,8 +29,7 @@ from PIL import Image
 from scipy import ndimage
 
 from benchmarks import measure as M
-from benchmarks.run import RESULTS, SCRATCH
-from carseg.io.files import write_atomic
+from benchmarks.run import page_folder, write_page
 from carseg.io.images import read_rgb
 from carseg.runtime.preprocess import preprocess
 from carseg.runtime.reference import ReferencePredictor
@@ -227,13 +225,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(at most {max(b['fraction'] for b in banded):.1%}), and "
               f"{max(b['differ'] for b in banded)} mask pixels differing from the full apply on "
               "the worst photo."]
-    folder = (RESULTS if args.commit else SCRATCH) / info["slug"]
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "refine_study.json", json.dumps(
-        {"device": device, "photos": [p.name for p in photos], "size": [h, w],
-         "per_photo": rows, "summary": summary, "band": banded}, indent=1) + "\n")
-    write_atomic(folder / "refine_study.md", "\n".join(lines) + "\n")
-    sys.stdout.write("\n".join(lines) + "\n")
+    write_page(page_folder(info["slug"], args.commit), "refine_study",
+               {"device": device, "photos": [p.name for p in photos], "size": [h, w],
+                "per_photo": rows, "summary": summary, "band": banded},
+               "\n".join(lines) + "\n", indent=1)
     return 0
 
 

@@ -31,6 +31,21 @@ SCRATCH = Path("out") / "benchmarks"  # a plain run's results: untracked (.gitig
 CPU_MAX_BATCH_PIXELS = 4 * 2 ** 20  # on the CPU, full-size inputs run at batch 1 only
 
 
+def page_folder(slug: str, commit: bool) -> Path:
+    """Where a study's page goes: benchmarks/results/<device>/ with --commit, else
+    out/benchmarks/<device>/; created."""
+    folder = (RESULTS if commit else SCRATCH) / slug
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_page(folder: Path, name: str, data: Any, markdown: str, indent: int = 2) -> None:
+    """A study's NAME.json and NAME.md in `folder`, and the markdown on stdout."""
+    write_atomic(folder / f"{name}.json", json.dumps(data, indent=indent) + "\n")
+    write_atomic(folder / f"{name}.md", markdown)
+    sys.stdout.write(markdown)
+
+
 def _grid(args: argparse.Namespace, manifest: dict[str, Any]) -> tuple[list[int], list[int]]:
     if args.quick:
         return [1, 4], [manifest["preprocessing"]["size"] if args.sizes is None else args.sizes[0]]

@@ -35,8 +35,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks import measure as M
-from benchmarks.run import RESULTS, SCRATCH
-from carseg.io.files import write_atomic
+from benchmarks.run import page_folder, write_page
 
 
 def _jpeg(rgb: np.ndarray, **kw: Any) -> bytes:
@@ -254,12 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     photo = args.photo or args.artifacts.parent / "car.jpg"
     r = run(args.artifacts, photo, args.requests, args.clients)
     info = M.device_info(__import__("torch").device("cpu"))
-    out = (RESULTS if args.commit else SCRATCH) / info["slug"]
-    out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.serve_load " + " ".join(argv or sys.argv[1:])
-    write_atomic(out / "serve_load.json", json.dumps(r, indent=2) + "\n")
-    write_atomic(out / "serve_load.md", markdown(r, info["name"], command))
-    sys.stdout.write(markdown(r, info["name"], command))
+    write_page(page_folder(info["slug"], args.commit), "serve_load", r,
+               markdown(r, info["name"], command))
     return 0 if r["server_errors"] == 0 and r["healthz_max_s"] <= 1.0 else 1
 
 
