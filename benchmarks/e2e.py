@@ -35,12 +35,13 @@ from benchmarks.cutout_quality import run_infer
 from benchmarks.run import page_folder, write_page
 
 SEED = "seed script (cv2 + albumentations + TorchScript, no refinement)"
+REFINED = "carseg_infer infer (defaults: fp32, refined)"
+PLAIN = "carseg_infer infer --no-refine"
 
 
 def pipelines(manifest: dict) -> dict[str, list[str]]:
     """carseg_infer's rows: label -> its extra flags."""
-    rows = {"carseg_infer infer (defaults: fp32, refined)": [],
-            "carseg_infer infer --no-refine": ["--no-refine"]}
+    rows = {REFINED: [], PLAIN: ["--no-refine"]}
     if "onnx_int8" in manifest["artifacts"]:
         rows["carseg_infer infer --precision int8 (refined)"] = ["--precision", "int8"]
         rows["carseg_infer infer --precision int8 --no-refine"] = ["--precision", "int8",
@@ -48,8 +49,10 @@ def pipelines(manifest: dict) -> dict[str, list[str]]:
     return rows
 
 
-def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict]:
-    """Images a second per pipeline and round; and what carseg_infer said it ran on."""
+def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict, int]:
+    """Images a second per pipeline and round, what carseg_infer said it ran on, and how many
+    photos each pipeline took: the folder's JPEGs, linked into one folder of their own so that
+    carseg_infer reads exactly the files the seed script does (not the folder's other images)."""
     manifest = json.loads((artifacts / "manifest.json").read_text())
     jpegs = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     if not jpegs:
@@ -59,20 +62,24 @@ def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict]:
     ran_on: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="carseg-e2e-") as tmp:
         work = Path(tmp)
+        only = work / "jpegs"
+        only.mkdir()
+        for p in jpegs:
+            (only / p.name).symlink_to(p.resolve())
         for r in range(rounds):
             out = work / "seed"
             shutil.rmtree(out, ignore_errors=True)
             speed[SEED].append(seed_script.run(artifacts, jpegs, out)["images_per_s"])
             for label, extra in rows.items():
-                rep = run_infer(artifacts, photos, work / "cpp", *extra)
+                rep = run_infer(artifacts, only, work / "cpp", *extra)
                 if rep["failed"]:
                     raise SystemExit(f"{label}: {rep['failed']} photos failed: {rep['errors']}")
                 speed[label].append(rep["images_per_second"])
                 ran_on[label] = {k: rep[k] for k in ("backend", "precision", "device", "batch",
-                                                     "refine") if k in rep}
+                                                     "refine", "succeeded") if k in rep}
             sys.stderr.write(f"round {r + 1}: " + ", ".join(
                 f"{k.split(' (')[0]} {v[-1]:.1f}" for k, v in speed.items()) + " img/s\n")
-    return speed, ran_on
+    return speed, ran_on, len(jpegs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,12 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rounds < 1:
         raise SystemExit("--rounds: at least 1")
-    speed, ran_on = run_rounds(args.artifacts, args.photos, args.rounds)
+    speed, ran_on, n = run_rounds(args.artifacts, args.photos, args.rounds)
     seed = speed[SEED]
     med = {k: statistics.median(v) for k, v in speed.items()}
     ratios = {k: [a / b for a, b in zip(v, seed, strict=True)] for k, v in speed.items()}
     info = M.device_info(torch.device("cpu"))
-    n = sum(1 for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     result = {"device": info, "date": time.strftime("%Y-%m-%d"), "artifacts": str(args.artifacts),
               "photos": n, "rounds": args.rounds, "images_per_s": speed,
               "median_images_per_s": med, "ratio_to_seed_per_round": ratios,
@@ -108,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                  else "cpu fp32 TorchScript")
         lines.append(f"| {k} | {where} | {v:.1f} | {v / med[SEED]:.2f}x | "
                      + ", ".join(f"{x:.2f}x" for x in ratios[k]) + " |")
-    refined, plain = ("carseg_infer infer (defaults: fp32, refined)",
-                      "carseg_infer infer --no-refine")
-    cost = [b / a - 1 for a, b in zip(speed[refined], speed[plain], strict=True)]
+    cost = [b / a - 1 for a, b in zip(speed[REFINED], speed[PLAIN], strict=True)]
     lines += ["", "What the refinement costs carseg_infer (time a photo with it over time "
               f"without, fp32), each round: {', '.join(f'{c:+.1%}' for c in cost)}; median "
               f"{statistics.median(cost):+.1%}."]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from PIL import Image
+
 from benchmarks.measure import parity, percentile
 from benchmarks.run import RESULTS, main
 
@@ -62,16 +64,23 @@ def test_percentile_and_parity_helpers() -> None:
 
 def test_end_to_end_rounds_compare_every_pipeline_with_the_seed(
         tiny_int8: Path, tiny_data: Path, tmp_path: Path, monkeypatch) -> None:
-    """benchmarks.e2e: each pipeline timed in every round, carseg_infer's rows say what they
+    """benchmarks.e2e: each pipeline timed in every round on the folder's JPEGs alone (a PNG
+    beside them is left out, as the seed script leaves it), carseg_infer's rows say what they
     ran on (int8 where asked), and the ratios are each round's speed over the seed's."""
+    import shutil
+
     from benchmarks import e2e
 
+    photos = tmp_path / "photos"
+    shutil.copytree(tiny_data / "train", photos)
+    jpegs = len(list(photos.glob("*.jpg")))
+    Image.open(next(photos.glob("*.jpg"))).save(photos / "extra.png")
     monkeypatch.chdir(tmp_path)
-    assert e2e.main(["--artifacts", str(tiny_int8), "--photos", str(tiny_data / "train"),
+    assert e2e.main(["--artifacts", str(tiny_int8), "--photos", str(photos),
                      "--rounds", "2"]) == 0
     (out,) = (tmp_path / "out" / "benchmarks").iterdir()
     r = json.loads((out / "e2e.json").read_text())
-    assert r["photos"] == len(list((tiny_data / "train").glob("*.jpg"))) > 0
+    assert r["photos"] == jpegs > 0
     speed = r["images_per_s"]
     assert len(speed) == 5 and e2e.SEED in speed
     for label, v in speed.items():
@@ -81,7 +90,7 @@ def test_end_to_end_rounds_compare_every_pipeline_with_the_seed(
     ran = r["carseg_infer_ran_on"]
     assert {ran[k]["precision"] for k in ran if "int8" in k} == {"int8"}
     assert {ran[k]["precision"] for k in ran if "int8" not in k} == {"fp32"}
-    assert all(ran[k]["device"] == "cpu" for k in ran)
+    assert all(ran[k]["device"] == "cpu" and ran[k]["succeeded"] == jpegs for k in ran)
     md = (out / "e2e.md").read_text()
     assert all(f"| {label} |" in md for label in speed)
     assert "What the refinement costs" in md
