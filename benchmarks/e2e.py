@@ -32,7 +32,7 @@ import torch
 from benchmarks import measure as M
 from benchmarks import seed_script
 from benchmarks.cutout_quality import run_infer
-from benchmarks.run import page_folder, write_page
+from benchmarks.run import link_jpegs, page_folder, write_page
 
 SEED = "seed script (cv2 + albumentations + TorchScript, no refinement)"
 REFINED = "carseg_infer infer (defaults: fp32, refined)"
@@ -54,18 +54,15 @@ def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict, 
     photos each pipeline took: the folder's JPEGs, linked into one folder of their own so that
     carseg_infer reads exactly the files the seed script does (not the folder's other images)."""
     manifest = json.loads((artifacts / "manifest.json").read_text())
-    jpegs = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not jpegs:
-        raise SystemExit(f"{photos}: no JPEG photos")
     rows = pipelines(manifest)
     speed: dict[str, list[float]] = {SEED: [], **{k: [] for k in rows}}
     ran_on: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="carseg-e2e-") as tmp:
         work = Path(tmp)
-        only = work / "jpegs"
-        only.mkdir()
-        for p in jpegs:
-            (only / p.name).symlink_to(p.resolve())
+        try:
+            jpegs, only = link_jpegs(photos, work)
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from None
         for r in range(rounds):
             out = work / "seed"
             shutil.rmtree(out, ignore_errors=True)

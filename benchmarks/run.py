@@ -46,6 +46,19 @@ def write_page(folder: Path, name: str, data: Any, markdown: str, indent: int = 
     sys.stdout.write(markdown)
 
 
+def link_jpegs(folder: Path, work: Path) -> tuple[list[Path], Path]:
+    """The JPEG photos of `folder`, sorted, and work/jpegs holding links to exactly them: what
+    every end-to-end pipeline reads, whatever else the folder holds."""
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not photos:
+        raise FileNotFoundError(f"{folder}: no JPEG photos for the end-to-end run")
+    jpegs = work / "jpegs"
+    jpegs.mkdir()
+    for p in photos:
+        (jpegs / p.name).symlink_to(p.resolve())
+    return photos, jpegs
+
+
 def _grid(args: argparse.Namespace, manifest: dict[str, Any]) -> tuple[list[int], list[int]]:
     if args.quick:
         return [1, 4], [manifest["preprocessing"]["size"] if args.sizes is None else args.sizes[0]]
@@ -169,13 +182,7 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
     from carseg.apps.cutout import run_cutout
     from carseg.runtime.predictor import open_predictor
 
-    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    if not photos:
-        raise FileNotFoundError(f"{folder}: no JPEG photos for the end-to-end run")
-    jpegs = work / "jpegs"  # exactly the JPEGs, for every pipeline
-    jpegs.mkdir()
-    for p in photos:
-        (jpegs / p.name).symlink_to(p.resolve())
+    photos, jpegs = link_jpegs(folder, work)
     rows: list[dict[str, Any]] = []
 
     def add(row: dict[str, Any]) -> None:

@@ -84,8 +84,8 @@ class OnnxBackend final : public Backend {
       options.SetInterOpNumThreads(1);
       // Its pool's threads sleep between runs instead of spinning: in carseg_infer infer the
       // decode and encode workers share the cores, and spinning took their time (end to end
-      // 5-12% more photos a second without it, in 3 alternated rounds on 2 cores; batch-1
-      // latency the same within noise; benchmarks/results/cpu-amd-epyc/e2e.md).
+      // 5-12% more photos a second without it, in 3 alternated rounds of 256 photos on 2
+      // cores; carseg_infer bench's batch-1 and batch-8 latency the same within noise).
       options.AddConfigEntry("session.intra_op.allow_spinning", "0");
       options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
       session_ = Ort::Session(*rt.env, bytes.data(), bytes.size(), options);
