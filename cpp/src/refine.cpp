@@ -40,47 +40,49 @@ namespace {
 // (refine.box in Python): along the rows, then down the columns, each as prefix sums
 // (c[hi] - c[lo]) / count. On the CPU by plain loops (torch's ops cost more in dispatch than
 // in arithmetic at these grid sizes), elsewhere by torch ops; both as the reference.
+// box_planes: the CPU loops, over `planes` float32 planes of H x W from `src` into `dst`.
+void box_planes(const float* src, int64_t planes, int64_t H, int64_t W, int r, float* dst) {
+  std::vector<double> rows(static_cast<std::size_t>(H * W)), c(static_cast<std::size_t>(W + 1)),
+      down(static_cast<std::size_t>((H + 1) * W));
+  for (int64_t k = 0; k < planes; ++k) {
+    const float* p = src + k * H * W;
+    for (int64_t y = 0; y < H; ++y) {
+      c[0] = 0;
+      for (int64_t i = 0; i < W; ++i) c[static_cast<std::size_t>(i + 1)] = c[static_cast<std::size_t>(i)] + p[y * W + i];
+      for (int64_t i = 0; i < W; ++i) {
+        const int64_t hi = std::min(i + r + 1, W), lo = std::max<int64_t>(i - r, 0);
+        rows[static_cast<std::size_t>(y * W + i)] =
+            (c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) / static_cast<double>(hi - lo);
+      }
+    }
+    // Down the columns: the prefix sums of every column at once, a row of them at a time
+    // (the same additions in the same order as one column at a time, but contiguous).
+    float* q = dst + k * H * W;
+    for (int64_t xcol = 0; xcol < W; ++xcol) down[static_cast<std::size_t>(xcol)] = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      const double* above = down.data() + i * W;
+      const double* in_row = rows.data() + i * W;
+      double* next = down.data() + (i + 1) * W;
+      for (int64_t xcol = 0; xcol < W; ++xcol) next[xcol] = above[xcol] + in_row[xcol];
+    }
+    for (int64_t i = 0; i < H; ++i) {
+      const int64_t hi = std::min(i + r + 1, H), lo = std::max<int64_t>(i - r, 0);
+      const double count = static_cast<double>(hi - lo);
+      const double* top = down.data() + lo * W;
+      const double* bottom = down.data() + hi * W;
+      for (int64_t xcol = 0; xcol < W; ++xcol) {
+        q[i * W + xcol] = static_cast<float>((bottom[xcol] - top[xcol]) / count);
+      }
+    }
+  }
+}
+
 torch::Tensor box(const torch::Tensor& x, int r) {
   const int64_t H = x.size(-2), W = x.size(-1);
   if (x.device().is_cpu() && x.scalar_type() == torch::kFloat32) {
     const torch::Tensor in = x.contiguous();
     torch::Tensor out = torch::empty_like(in);
-    const float* src = in.data_ptr<float>();
-    float* dst = out.data_ptr<float>();
-    const int64_t planes = in.numel() / std::max<int64_t>(1, H * W);
-    std::vector<double> rows(static_cast<std::size_t>(H * W)), c(static_cast<std::size_t>(W + 1)),
-        down(static_cast<std::size_t>((H + 1) * W));
-    for (int64_t k = 0; k < planes; ++k) {
-      const float* p = src + k * H * W;
-      for (int64_t y = 0; y < H; ++y) {
-        c[0] = 0;
-        for (int64_t i = 0; i < W; ++i) c[static_cast<std::size_t>(i + 1)] = c[static_cast<std::size_t>(i)] + p[y * W + i];
-        for (int64_t i = 0; i < W; ++i) {
-          const int64_t hi = std::min(i + r + 1, W), lo = std::max<int64_t>(i - r, 0);
-          rows[static_cast<std::size_t>(y * W + i)] =
-              (c[static_cast<std::size_t>(hi)] - c[static_cast<std::size_t>(lo)]) / static_cast<double>(hi - lo);
-        }
-      }
-      // Down the columns: the prefix sums of every column at once, a row of them at a time
-      // (the same additions in the same order as one column at a time, but contiguous).
-      float* q = dst + k * H * W;
-      for (int64_t xcol = 0; xcol < W; ++xcol) down[static_cast<std::size_t>(xcol)] = 0;
-      for (int64_t i = 0; i < H; ++i) {
-        const double* above = down.data() + i * W;
-        const double* in_row = rows.data() + i * W;
-        double* next = down.data() + (i + 1) * W;
-        for (int64_t xcol = 0; xcol < W; ++xcol) next[xcol] = above[xcol] + in_row[xcol];
-      }
-      for (int64_t i = 0; i < H; ++i) {
-        const int64_t hi = std::min(i + r + 1, H), lo = std::max<int64_t>(i - r, 0);
-        const double count = static_cast<double>(hi - lo);
-        const double* top = down.data() + lo * W;
-        const double* bottom = down.data() + hi * W;
-        for (int64_t xcol = 0; xcol < W; ++xcol) {
-          q[i * W + xcol] = static_cast<float>((bottom[xcol] - top[xcol]) / count);
-        }
-      }
-    }
+    box_planes(in.data_ptr<float>(), in.numel() / std::max<int64_t>(1, H * W), H, W, r, out.data_ptr<float>());
     return out;
   }
   auto along = [&](const torch::Tensor& t, int64_t dim) {
@@ -120,16 +122,94 @@ std::pair<torch::Tensor, torch::Tensor> guided_coefficients(const torch::Tensor&
   return {ab.narrow(0, 0, 3), ab.select(0, 3)};
 }
 
+// The fit on the CPU from the pooled guide ([3, h, w]) and the grid's probabilities ([h, w]):
+// guided_coefficients, soft_alpha and the local colour means of fit_refinement, in plain loops
+// over the grid (about 40 torch ops, each a pass over a 10,000-cell grid plus dispatch, and a
+// batched LAPACK solve cost more than the arithmetic). Each 3x3 system sigma a = cov is solved
+// in float64 by its adjugate (sigma is symmetric positive definite: a covariance plus eps I);
+// the reference solves it in float32 by LU, so a differs from the reference's by float rounding.
+void fit_cpu(const float* guide, const float* prob, int h, int w, int r, double eps, float threshold,
+             float softness, RefineFit& f) {
+  const std::size_t n = static_cast<std::size_t>(h) * static_cast<std::size_t>(w);
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat32);
+  static constexpr int kI[6] = {0, 0, 0, 1, 1, 2}, kJ[6] = {0, 1, 2, 1, 2, 2};
+  // The 13 planes box() averages: guide, p, guide * p, guide_i * guide_j (as the reference).
+  std::vector<float> in(13 * n), stats(13 * n);
+  std::memcpy(in.data(), guide, 3 * n * sizeof(float));
+  std::memcpy(in.data() + 3 * n, prob, n * sizeof(float));
+  for (std::size_t k = 0; k < n; ++k) {
+    for (int c = 0; c < 3; ++c) in[(4 + c) * n + k] = guide[c * n + k] * prob[k];
+    for (int e = 0; e < 6; ++e) in[(7 + e) * n + k] = guide[kI[e] * n + k] * guide[kJ[e] * n + k];
+  }
+  box_planes(in.data(), 13, h, w, r, stats.data());
+  // a (3 planes) and b, then their window means.
+  std::vector<float> ab(4 * n);
+  const float feps = static_cast<float>(eps);
+  for (std::size_t k = 0; k < n; ++k) {
+    float mi[3], cov[3], var[6];
+    const float mp = stats[3 * n + k];
+    for (int c = 0; c < 3; ++c) {
+      mi[c] = stats[c * n + k];
+      cov[c] = stats[(4 + c) * n + k] - mi[c] * mp;
+    }
+    for (int e = 0; e < 6; ++e) var[e] = stats[(7 + e) * n + k] - mi[kI[e]] * mi[kJ[e]];
+    const double s00 = var[0] + feps, s01 = var[1], s02 = var[2], s11 = var[3] + feps, s12 = var[4],
+                 s22 = var[5] + feps;
+    const double c00 = s11 * s22 - s12 * s12, c01 = s02 * s12 - s01 * s22, c02 = s01 * s12 - s02 * s11;
+    const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
+    const double det = s00 * c00 + s01 * c01 + s02 * c02;
+    const double v0 = cov[0], v1 = cov[1], v2 = cov[2];
+    const float a[3] = {static_cast<float>((c00 * v0 + c01 * v1 + c02 * v2) / det),
+                        static_cast<float>((c01 * v0 + c11 * v1 + c12 * v2) / det),
+                        static_cast<float>((c02 * v0 + c12 * v1 + c22 * v2) / det)};
+    for (int c = 0; c < 3; ++c) ab[c * n + k] = a[c];
+    ab[3 * n + k] = mp - (a[0] * mi[0] + a[1] * mi[1] + a[2] * mi[2]);
+  }
+  f.a = torch::empty({3, h, w}, opts);
+  f.b = torch::empty({h, w}, opts);
+  std::vector<float> mean_ab(4 * n);
+  box_planes(ab.data(), 4, h, w, r, mean_ab.data());
+  std::memcpy(f.a.data_ptr<float>(), mean_ab.data(), 3 * n * sizeof(float));
+  std::memcpy(f.b.data_ptr<float>(), mean_ab.data() + 3 * n, n * sizeof(float));
+  // The grid's own soft alpha, and the means of car and background colour around each cell.
+  const float* A = mean_ab.data();
+  for (std::size_t k = 0; k < n; ++k) {
+    const float q = A[k] * guide[k] + A[n + k] * guide[n + k] + A[2 * n + k] * guide[2 * n + k] + A[3 * n + k];
+    const float alpha = std::clamp((q - threshold) / softness + 0.5F, 0.0F, 1.0F);
+    for (int c = 0; c < 3; ++c) {
+      in[c * n + k] = guide[c * n + k] * alpha;
+      in[(4 + c) * n + k] = guide[c * n + k] * (1 - alpha);
+    }
+    in[3 * n + k] = alpha;
+    in[7 * n + k] = 1 - alpha;
+  }
+  box_planes(in.data(), 8, h, w, r, stats.data());
+  f.fg = torch::empty({3, h, w}, opts);
+  f.bg = torch::empty({3, h, w}, opts);
+  float* fg = f.fg.data_ptr<float>();
+  float* bg = f.bg.data_ptr<float>();
+  for (std::size_t k = 0; k < n; ++k) {
+    const float car = std::max(stats[3 * n + k], 1e-6F), back = std::max(stats[7 * n + k], 1e-6F);
+    for (int c = 0; c < 3; ++c) {
+      fg[c * n + k] = std::clamp(stats[c * n + k] / car, 0.0F, 1.0F);
+      bg[c * n + k] = std::clamp(stats[(4 + c) * n + k] / back, 0.0F, 1.0F);
+    }
+  }
+}
+
 torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softness) {
   return ((q - threshold) / softness + 0.5).clamp_(0, 1);
 }
 
 // One row of the photo added into the running column sums, minima and maxima of pool_photo.
+// The sums are 16-bit where a band of rows cannot overflow them (257 rows of 255), which
+// doubles the lanes of each AVX2 add.
+template <typename Sum>
 CARSEG_AVX2_CLONES void accumulate_row(
-    const std::uint8_t* __restrict row, std::size_t n, std::uint32_t* __restrict sum,
+    const std::uint8_t* __restrict row, std::size_t n, Sum* __restrict sum,
     std::uint8_t* __restrict rmin, std::uint8_t* __restrict rmax) {
   for (std::size_t k = 0; k < n; ++k) {
-    sum[k] += row[k];
+    sum[k] = static_cast<Sum>(sum[k] + row[k]);
     rmin[k] = std::min(rmin[k], row[k]);
     rmax[k] = std::max(rmax[k], row[k]);
   }
@@ -138,8 +218,9 @@ CARSEG_AVX2_CLONES void accumulate_row(
 // Adaptive average pooling of a uint8 photo to [3, h, w] in [0, 1] (output cell i covers rows
 // floor(i*H/h) to ceil((i+1)*H/h), as torch's), by exact integer sums, with each cell's least
 // and greatest colour.
-void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean, float* lo, float* hi) {
-  std::vector<std::uint32_t> sum(static_cast<std::size_t>(W) * 3);
+template <typename Sum>
+void pool_photo_as(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean, float* lo, float* hi) {
+  std::vector<Sum> sum(static_cast<std::size_t>(W) * 3);
   std::vector<std::uint8_t> rmin(static_cast<std::size_t>(W) * 3), rmax(static_cast<std::size_t>(W) * 3);
   const std::size_t plane = static_cast<std::size_t>(h) * static_cast<std::size_t>(w);
   std::vector<int> x0(static_cast<std::size_t>(w)), x1(static_cast<std::size_t>(w));
@@ -150,7 +231,7 @@ void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean
   for (int i = 0; i < h; ++i) {
     const int y0 = static_cast<int>(static_cast<int64_t>(i) * H / h);
     const int y1 = static_cast<int>((static_cast<int64_t>(i + 1) * H + h - 1) / h);
-    std::fill(sum.begin(), sum.end(), 0U);
+    std::fill(sum.begin(), sum.end(), Sum{0});
     std::fill(rmin.begin(), rmin.end(), std::uint8_t{255});
     std::fill(rmax.begin(), rmax.end(), std::uint8_t{0});
     for (int y = y0; y < y1; ++y) {
@@ -178,14 +259,18 @@ void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean
   }
 }
 
+void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean, float* lo, float* hi) {
+  // The tallest band: ceil(H / h) + 1 rows at most.
+  const int64_t band = (static_cast<int64_t>(H) + h - 1) / h + 1;
+  if (band <= 65535 / 255) {
+    pool_photo_as<std::uint16_t>(rgb, H, W, h, w, mean, lo, hi);
+  } else {
+    pool_photo_as<std::uint32_t>(rgb, H, W, h, w, mean, lo, hi);
+  }
+}
+
 using detail::Tap;
 using detail::tap;
-
-float lerp2(const float* plane, int w, const Tap& ty, const Tap& tx) {
-  const float* r0 = plane + static_cast<std::size_t>(ty.i0) * w;
-  const float* r1 = plane + static_cast<std::size_t>(ty.i1) * w;
-  return ty.l0 * (tx.l0 * r0[tx.i0] + tx.l1 * r0[tx.i1]) + ty.l1 * (tx.l0 * r1[tx.i0] + tx.l1 * r1[tx.i1]);
-}
 
 // A stretch of `n` columns of one row, each interpolating the row's four coefficient planes
 // (`planes`: a0, a1, a2, b, `w` floats each, already interpolated along y) between samples
@@ -371,7 +456,16 @@ RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits
     if (h != H || w != W) guide = torch::adaptive_avg_pool2d(guide.unsqueeze(0), {h, w}).squeeze(0);
   }
   const int r = g.radius;
-  auto [a, b] = guided_coefficients(guide, torch::sigmoid(logits_small.to(torch::kFloat32)), r, spec.eps);
+  const torch::Tensor prob = torch::sigmoid(logits_small.to(torch::kFloat32));
+  if (image.device().is_cpu()) {
+    const torch::Tensor p = prob.to(torch::kCPU).contiguous();
+    fit_cpu(guide.data_ptr<float>(), p.data_ptr<float>(), h, w, r, spec.eps, static_cast<float>(threshold),
+            static_cast<float>(spec.softness), f);
+    f.threshold = static_cast<float>(threshold);
+    f.softness = static_cast<float>(spec.softness);
+    return f;
+  }
+  auto [a, b] = guided_coefficients(guide, prob, r, spec.eps);
   const torch::Tensor alpha = soft_alpha((a * guide).sum(0) + b, threshold, spec.softness);
   const torch::Tensor means =
       box(torch::cat({guide * alpha, alpha.unsqueeze(0), guide * (1 - alpha), (1 - alpha).unsqueeze(0)}), r);
@@ -414,17 +508,34 @@ Decontaminator::Decontaminator(const RefineFit& fit, int width, int height)
       h_(static_cast<int>(fit.fg.size(1))),
       height_(height),
       plane_(static_cast<std::size_t>(fit.fg.size(1)) * static_cast<std::size_t>(fit.fg.size(2))),
-      xs_(static_cast<std::size_t>(width)) {
+      xs_(static_cast<std::size_t>(width)),
+      row_(6 * static_cast<std::size_t>(fit.fg.size(2))) {
   for (int x = 0; x < width; ++x) xs_[static_cast<std::size_t>(x)] = tap(x, w_, width);
 }
 
-void Decontaminator::set_row(int y) { ty_ = tap(y, h_, height_); }
+void Decontaminator::set_row(int y) {
+  ty_ = tap(y, h_, height_);
+  row_ready_ = false;
+}
 
-void Decontaminator::pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha_u8, float* out) const {
+void Decontaminator::pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha_u8, float* out) {
+  if (!row_ready_) {
+    // The six planes (fg, then bg) interpolated along y once for the row, on its first soft pixel.
+    for (int c = 0; c < 6; ++c) {
+      const float* plane = (c < 3 ? fg_ + c * plane_ : bg_ + (c - 3) * plane_);
+      const float* r0 = plane + static_cast<std::size_t>(ty_.i0) * w_;
+      const float* r1 = plane + static_cast<std::size_t>(ty_.i1) * w_;
+      float* dst = row_.data() + static_cast<std::size_t>(c) * w_;
+      for (int k = 0; k < w_; ++k) dst[k] = ty_.l0 * r0[k] + ty_.l1 * r1[k];
+    }
+    row_ready_ = true;
+  }
   const Tap& tx = xs_[static_cast<std::size_t>(x)];
   const float a = static_cast<float>(alpha_u8) / 255.0F;
   for (int c = 0; c < 3; ++c) {
-    const float f = lerp2(fg_ + c * plane_, w_, ty_, tx), b = lerp2(bg_ + c * plane_, w_, ty_, tx);
+    const float* fr = row_.data() + static_cast<std::size_t>(c) * w_;
+    const float* br = row_.data() + static_cast<std::size_t>(c + 3) * w_;
+    const float f = tx.l0 * fr[tx.i0] + tx.l1 * fr[tx.i1], b = tx.l0 * br[tx.i0] + tx.l1 * br[tx.i1];
     const float image = static_cast<float>(rgb[c]) / 255.0F;
     out[c] = std::clamp(f + a * (image - a * f - (1 - a) * b), 0.0F, 1.0F);
   }

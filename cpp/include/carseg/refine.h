@@ -62,12 +62,13 @@ struct Tap {
 /// The decontaminated colour of the car in a `width` x `height` photo, as refine.foreground in
 /// Python: at a pixel of colour I and alpha a (1..254), with the local means F', B' of the fit,
 /// F = F' + a (I - a F' - (1 - a) B'), clamped to [0, 1]. CPU fits only. The column taps are
-/// made once a photo and the row's once a row (set_row), not at every pixel of the edge.
+/// made once a photo, and the local means interpolated along y once a row (on the row's first
+/// soft pixel), not at every pixel of the edge.
 class Decontaminator {
  public:
   Decontaminator(const RefineFit& fit, int width, int height);
   void set_row(int y);
-  void pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha, float* out) const;
+  void pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha, float* out);
 
  private:
   const float* fg_;
@@ -76,6 +77,8 @@ class Decontaminator {
   std::size_t plane_;
   std::vector<detail::Tap> xs_;
   detail::Tap ty_;
+  std::vector<float> row_;  // fg's three planes and bg's along the current row: [6, w]
+  bool row_ready_ = false;
 };
 
 }  // namespace carseg
