@@ -1,25 +1,24 @@
 """End to end on this machine: the seed tutorial's script against carseg_infer, alternated.
 
     carseg synth --out out/e64 --num 64 --size 1280x1918 --seed 7
-    python -m export int8 demo/artifacts --calibration demo/data/train     (for the int8 rows)
+    python -m export int8 demo/artifacts --calibration demo/csv/dataset_train.csv   (make demo does)
     python -m benchmarks.e2e --artifacts demo/artifacts --photos out/e64/train [--commit]
 
 A folder of full-size JPEGs to a mask PNG and a white JPEG cutout each, timed from the first
 photo read to the last file written (model loading not counted, for every pipeline): the seed
 tutorial's Python script (benchmarks/seed_script.py: cv2, albumentations, TorchScript, one
-photo at a time, no refinement), then `carseg_infer infer` with its defaults (fp32, the CPU's
-default backend, refined), with --no-refine, and, where the folder has model.int8.onnx, with
---precision int8 (refined and not). The pipelines take turns in each round, so that a slower
-spell of a noisy machine falls on all of them; the table gives each one's median over the
-rounds and its speed-up over the seed's median, and each round's own ratio is in e2e.json.
-Writes e2e.json and e2e.md to out/benchmarks/<device>/ (with --commit,
-benchmarks/results/<device>/).
+photo at a time, no refinement), then `carseg_infer infer` with its defaults (precision auto:
+int8 where the folder has a verified model.int8.onnx, else fp32; refined), with --no-refine,
+and, where auto runs int8, with --precision fp32 (refined and not). The pipelines take turns
+in each round, so that a slower spell of a noisy machine falls on all of them; the table gives
+each one's median over the rounds and its speed-up over the seed's median, and each round's
+own ratio is in e2e.json. Writes e2e.json and e2e.md to out/benchmarks/<device>/ (with
+--commit, benchmarks/results/<device>/).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -33,19 +32,22 @@ from benchmarks import measure as M
 from benchmarks import seed_script
 from benchmarks.cutout_quality import run_infer
 from benchmarks.run import link_jpegs, page_folder, write_page
+from carseg.runtime.manifest import auto_precision, load_manifest
 
 SEED = "seed script (cv2 + albumentations + TorchScript, no refinement)"
-REFINED = "carseg_infer infer (defaults: fp32, refined)"
+REFINED = "carseg_infer infer (defaults: precision auto, refined)"
 PLAIN = "carseg_infer infer --no-refine"
+FP32_REFINED = "carseg_infer infer --precision fp32 (refined)"
+FP32_PLAIN = "carseg_infer infer --precision fp32 --no-refine"
 
 
-def pipelines(manifest: dict) -> dict[str, list[str]]:
-    """carseg_infer's rows: label -> its extra flags."""
+def pipelines(artifacts: Path) -> dict[str, list[str]]:
+    """carseg_infer's rows: label -> its extra flags. Where auto runs the folder's verified
+    int8 model, fp32 gets rows of its own."""
     rows = {REFINED: [], PLAIN: ["--no-refine"]}
-    if "onnx_int8" in manifest["artifacts"]:
-        rows["carseg_infer infer --precision int8 (refined)"] = ["--precision", "int8"]
-        rows["carseg_infer infer --precision int8 --no-refine"] = ["--precision", "int8",
-                                                                   "--no-refine"]
+    if auto_precision(load_manifest(artifacts), "native", "cpu") == "int8":
+        rows[FP32_REFINED] = ["--precision", "fp32"]
+        rows[FP32_PLAIN] = ["--precision", "fp32", "--no-refine"]
     return rows
 
 
@@ -53,8 +55,7 @@ def run_rounds(artifacts: Path, photos: Path, rounds: int) -> tuple[dict, dict, 
     """Images a second per pipeline and round, what carseg_infer said it ran on, and how many
     photos each pipeline took: the folder's JPEGs, linked into one folder of their own so that
     carseg_infer reads exactly the files the seed script does (not the folder's other images)."""
-    manifest = json.loads((artifacts / "manifest.json").read_text())
-    rows = pipelines(manifest)
+    rows = pipelines(artifacts)
     speed: dict[str, list[float]] = {SEED: [], **{k: [] for k in rows}}
     ran_on: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="carseg-e2e-") as tmp:
@@ -111,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                  else "cpu fp32 TorchScript")
         lines.append(f"| {k} | {where} | {v:.1f} | {v / med[SEED]:.2f}x | "
                      + ", ".join(f"{x:.2f}x" for x in ratios[k]) + " |")
-    cost = [b / a - 1 for a, b in zip(speed[REFINED], speed[PLAIN], strict=True)]
-    lines += ["", "What the refinement costs carseg_infer (time a photo with it over time "
-              f"without, fp32), each round: {', '.join(f'{c:+.1%}' for c in cost)}; median "
-              f"{statistics.median(cost):+.1%}."]
+    lines.append("")
+    for refined, plain in ((REFINED, PLAIN), (FP32_REFINED, FP32_PLAIN)):
+        if refined not in speed:
+            continue
+        cost = [b / a - 1 for a, b in zip(speed[refined], speed[plain], strict=True)]
+        lines.append(f"What the refinement costs carseg_infer ({ran_on[refined]['precision']}: "
+                     "time a photo with it over time without), each round: "
+                     f"{', '.join(f'{c:+.1%}' for c in cost)}; median "
+                     f"{statistics.median(cost):+.1%}.")
     write_page(page_folder(info["slug"], args.commit), "e2e", M.asjson(result),
                "\n".join(lines) + "\n")
     return 0

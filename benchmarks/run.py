@@ -180,6 +180,7 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
 
     from benchmarks import seed_script
     from carseg.apps.cutout import run_cutout
+    from carseg.runtime.manifest import auto_precision, load_manifest
     from carseg.runtime.predictor import open_predictor
 
     photos, jpegs = link_jpegs(folder, work)
@@ -206,15 +207,17 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
             add({"pipeline": name, "skipped": str(e).splitlines()[0][:200]})
             continue
         rep = run_cutout([jpegs], predictor, work / f"cutout_{backend}", progress=False)
-        add({"pipeline": name, "images": len(rep.done), "seconds": rep.seconds,
-             "images_per_s": rep.images_per_s})
+        add({"pipeline": f"{name} ({predictor.precision})", "images": len(rep.done),
+             "seconds": rep.seconds, "images_per_s": rep.images_per_s})
     exe = shutil.which("carseg_infer", path=str(Path(sys.executable).parent))
     if exe is None:
         add({"pipeline": "carseg_infer infer", "skipped": "carseg_infer not built"})
         return rows
-    runs = [[], ["--exact"], ["--backend", "onnx"]]
-    if "onnx_int8" in manifest["artifacts"]:  # python -m export int8 (make demo does)
-        runs.append(["--precision", "int8"])
+    # The defaults (precision auto: the folder's verified int8 model where make demo exported
+    # one, else fp32), op-for-op pre/post-processing, and fp32 by name where auto is int8.
+    runs = [[], ["--exact"], ["--backend", "torchscript"]]
+    if auto_precision(load_manifest(artifacts), "native", device.type) == "int8":
+        runs.append(["--precision", "fp32"])
     for i, extra in enumerate(runs):
         label = " ".join(["carseg_infer infer", *extra])
         report = work / f"cpp_report{i}.json"
@@ -227,7 +230,8 @@ def end_to_end(artifacts: Path, folder: Path, device: torch.device, work: Path,
                  "skipped": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"})
             continue
         rep = json.loads(report.read_text())
-        add({"pipeline": f"{label} (batch {rep['batch']})", "images": rep["succeeded"],
+        add({"pipeline": f"{label} ({rep['precision']} {rep['backend']}, batch {rep['batch']})",
+             "images": rep["succeeded"],
              "seconds": rep["seconds"], "images_per_s": rep["images_per_second"]})
     return rows
 

@@ -155,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(best epoch {summary['best_epoch']} of {summary['num_epochs']})")
     if full_res is not None:
         dice, n, (w, h) = full_res
-        print(f"  full-resolution Dice {dice:.4f}: carseg_infer's masks at {w}x{h} against the "
-              f"true masks, the same {n} validation photos")
+        ran = json.loads((out / "infer_report.json").read_text())
+        print(f"  full-resolution Dice {dice:.4f}: carseg_infer's masks ({ran['precision']} "
+              f"{ran['backend']}, the folder's default) at {w}x{h} against the true masks, the "
+              f"same {n} validation photos")
     print(f"  data:      {data}\n  logdir:    {logdir}  (tensorboard --logdir {logdir})")
     if (artifacts / "manifest.json").is_file():
         print(f"  artifacts: {artifacts}")

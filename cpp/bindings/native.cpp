@@ -260,14 +260,15 @@ PYBIND11_MODULE(_native, m) {
         "Whether this process can use a CUDA device (False on a CPU-only build or machine).");
 
   py::class_<carseg::Predictor>(m, "Predictor", kPredictorDoc)
-      .def(py::init(&make_predictor), py::arg("model_dir"), py::arg("device") = "cpu", py::arg("precision") = "fp32",
+      .def(py::init(&make_predictor), py::arg("model_dir"), py::arg("device") = "cpu", py::arg("precision") = "auto",
            py::arg("threshold") = py::none(), py::arg("backend") = "auto",
            py::arg("cuda_graphs") = true, py::kw_only(), py::arg("exact") = true,
            py::arg("onednn_fusion") = false, py::arg("refine") = true, py::arg("softness") = py::none(),
            R"(Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
-device "cpu", "cuda" or "cuda:N"; precision "fp32", "fp16" (CUDA only) or "int8" (CPU, ONNX
-Runtime on model.int8.onnx); threshold in (0, 1)
+device "cpu", "cuda" or "cuda:N"; precision "auto" (int8 on the CPU where the manifest has an
+int8 model that passed verify, else fp32; the property precision says which), "fp32", "fp16"
+(CUDA only) or "int8" (CPU, ONNX Runtime on model.int8.onnx); threshold in (0, 1)
 overrides the manifest's; backend "auto", "torchscript", "aoti" or "onnx" (ONNX Runtime, CPU
 only); cuda_graphs: capture and replay a CUDA graph per batch shape (CUDA only). exact=False (CPU): fused pre/post-processing
 kernels, faster, masks may differ from the op-for-op reference where a logit is within float

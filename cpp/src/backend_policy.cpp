@@ -46,6 +46,20 @@ Error library_error(const std::string& file, const std::string& what_failed,
   return Error(file, what_failed + ": " + (first.empty() ? "unknown error" : first), e.what());
 }
 
+Precision resolve_precision(const Manifest& manifest, const PredictorOptions& options,
+                            const torch::Device& device) {
+  if (options.precision != Precision::kAuto) return options.precision;
+  // int8 is what the CPU runs fastest (benchmarks/results/cpu-amd-epyc: ONNX Runtime int8
+  // against fp32), taken only where the folder proved it: verify passed it against fp32.
+  if (device.is_cuda() || (options.backend != BackendKind::kAuto && options.backend != BackendKind::kOnnx)) {
+    return Precision::kFp32;
+  }
+  for (const auto& [name, a] : manifest.artifacts()) {
+    if (a.format == "onnx" && a.precision == "int8" && a.verified && onnx_available()) return Precision::kInt8;
+  }
+  return Precision::kFp32;
+}
+
 std::unique_ptr<Backend> load_backend(const Manifest& manifest, const PredictorOptions& options,
                                       const torch::Device& device) {
   const std::string want_precision = to_string(options.precision);

@@ -295,6 +295,10 @@ Manifest Manifest::parse(const std::string& text, const std::filesystem::path& s
     a.sha256 = r.string(entry, "sha256", where);
     if (!is_hex64(a.sha256))
       r.fail(where + "sha256: expected 64 lower-case hex digits, got " + quote(a.sha256));
+    if (const auto parity = entry.find("parity"); parity != entry.end() && parity->is_object()) {
+      const auto passed = parity->find("passed");
+      a.verified = passed != parity->end() && passed->is_boolean() && passed->get<bool>();
+    }
     m.artifacts_.emplace(name, std::move(a));
   }
   if (m.artifacts_.empty()) r.fail("artifacts: expected at least one artifact, got none");

@@ -56,7 +56,8 @@ Precision parse_precision(const std::string& s) {
   if (s == "fp32") return Precision::kFp32;
   if (s == "fp16") return Precision::kFp16;
   if (s == "int8") return Precision::kInt8;
-  throw OptionError("precision", "expected fp32, fp16 or int8, got \"" + s + "\"");
+  if (s == "auto") return Precision::kAuto;
+  throw OptionError("precision", "expected auto, fp32, fp16 or int8, got \"" + s + "\"");
 }
 
 BackendKind parse_backend(const std::string& s) {
@@ -71,6 +72,7 @@ std::string to_string(Precision precision) {
   switch (precision) {
     case Precision::kFp16: return "fp16";
     case Precision::kInt8: return "int8";
+    case Precision::kAuto: return "auto";
     default: return "fp32";
   }
 }
@@ -265,9 +267,10 @@ struct Predictor::Impl {
 Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions options)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  m.options = options;
   m.manifest = Manifest::load(artifacts);
   m.device = parse_device(options.device);
+  options.precision = detail::resolve_precision(m.manifest, options, m.device);
+  m.options = options;
   if (options.precision == Precision::kFp16 && !m.device.is_cuda()) {
     throw OptionError("precision", "fp16 needs a CUDA device; use fp32 on the CPU");
   }

@@ -5,7 +5,9 @@
 
 #include "carseg/error.h"
 #include "carseg/manifest.h"
+#include "carseg/predictor.h"
 #include "carseg/sha256.h"
+#include "detail/backend.h"
 #include "test_util.h"
 
 namespace {
@@ -103,6 +105,47 @@ TEST_F(ManifestTest, BadFieldsAreNamed) {
   j.erase("preprocessing");
   write(j);
   expect_error([&] { (void)Manifest::load(dir_.path()); }, {"missing field preprocessing"});
+}
+
+// Precision::kAuto: int8 on the CPU only where the manifest lists an int8 model that verify
+// passed (parity.passed true) and the backend may be ONNX Runtime; fp32 everywhere else.
+TEST_F(ManifestTest, AutoPrecisionTakesOnlyAVerifiedInt8Model) {
+  carseg::test::write_bytes(dir_ / "model.int8.onnx", "not really a model");
+  auto with_int8 = [&](const json& parity) {
+    json j = valid_manifest(sha_);
+    j["artifacts"]["onnx_int8"] = {{"file", "model.int8.onnx"}, {"format", "onnx"}, {"precision", "int8"},
+                                   {"device", "cpu"}, {"sha256", sha_}};
+    if (!parity.is_null()) j["artifacts"]["onnx_int8"]["parity"] = parity;
+    write(j);
+    return Manifest::load(dir_.path());
+  };
+  const torch::Device cpu("cpu"), cuda("cuda");
+  auto resolve = [](const Manifest& m, carseg::Precision p, carseg::BackendKind b, const torch::Device& d) {
+    carseg::PredictorOptions o;
+    o.precision = p;
+    o.backend = b;
+    return carseg::detail::resolve_precision(m, o, d);
+  };
+  using carseg::BackendKind;
+  using carseg::Precision;
+  const Manifest verified = with_int8({{"passed", true}, {"mask_iou", 0.998}});
+  EXPECT_TRUE(verified.artifact("onnx_int8").verified);
+  EXPECT_FALSE(verified.artifact("torchscript").verified);
+  const Precision cpu_auto = carseg::detail::onnx_available() ? Precision::kInt8 : Precision::kFp32;
+  EXPECT_EQ(resolve(verified, Precision::kAuto, BackendKind::kAuto, cpu), cpu_auto);
+  EXPECT_EQ(resolve(verified, Precision::kAuto, BackendKind::kOnnx, cpu), cpu_auto);
+  EXPECT_EQ(resolve(verified, Precision::kAuto, BackendKind::kTorchScript, cpu), Precision::kFp32);
+  EXPECT_EQ(resolve(verified, Precision::kAuto, BackendKind::kAuto, cuda), Precision::kFp32);
+  EXPECT_EQ(resolve(verified, Precision::kFp32, BackendKind::kAuto, cpu), Precision::kFp32);
+  // Not verified, failed, or a "passed" that is not true: fp32.
+  for (const json& parity : {json(nullptr), json{{"passed", false}}, json{{"passed", "yes"}}, json("passed")}) {
+    const Manifest m = with_int8(parity);
+    EXPECT_FALSE(m.artifact("onnx_int8").verified) << parity.dump();
+    EXPECT_EQ(resolve(m, Precision::kAuto, BackendKind::kAuto, cpu), Precision::kFp32) << parity.dump();
+  }
+  EXPECT_EQ(carseg::parse_precision("auto"), Precision::kAuto);
+  EXPECT_EQ(carseg::to_string(Precision::kAuto), "auto");
+  expect_error([] { (void)carseg::parse_precision("fp8"); }, {"expected auto, fp32, fp16 or int8", "fp8"});
 }
 
 TEST(PreprocessSpec, ResizedShapeRoundsHalfToEven) {

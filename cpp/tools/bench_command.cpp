@@ -15,8 +15,10 @@ constexpr const char* kBenchHelp = R"(usage: carseg_infer bench --model DIR [opt
 
   --model DIR          artifact folder
   --device D           cpu (default), cuda or cuda:N
-  --precision P        fp32 (default), fp16 (CUDA only) or int8 (CPU: the folder's
-                       model.int8.onnx from `python -m export int8`, through ONNX Runtime)
+  --precision P        auto (default), fp32, fp16 (CUDA only) or int8 (CPU: the folder's
+                       model.int8.onnx from `python -m export int8`, through ONNX Runtime).
+                       auto: int8 on the CPU where the manifest has an int8 model whose
+                       verify passed (mask IoU against fp32 on real photos), else fp32
   --batch LIST         batch sizes, comma-separated (default 1,8,32)
   --size N|HxW         input size, multiples of 32: N for N x N, or e.g. 1280x1920
                        (default: the model's own square)
@@ -98,7 +100,7 @@ int cmd_bench(int argc, char** argv) {
     if (cuda && common.options.use_cuda_graphs) graph_modes = {true, false};
 
     std::cout << "carseg_infer bench: backend " << predictor.backend_name() << ", device "
-              << predictor.device().str() << ", " << carseg::to_string(common.options.precision)
+              << predictor.device().str() << ", " << carseg::to_string(predictor.precision())
               << ", input " << h << "x" << w << ", " << at::get_num_threads() << " threads, "
               << iters << " iterations after " << warmup << " warm-up\n"
               << "batch  graphs   p50 ms    p90 ms    p99 ms     img/s\n";

@@ -173,7 +173,7 @@ struct Common {
                 {"subsample", p.refine()->subsample}, {"softness", p.refine()->softness}};
     }
     return {{"model", model.string()}, {"backend", p.backend_name()}, {"device", p.device().str()},
-            {"precision", carseg::to_string(options.precision)}, {"refine", refine}};
+            {"precision", carseg::to_string(p.precision())}, {"refine", refine}};
   }
 };
 

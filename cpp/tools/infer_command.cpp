@@ -20,8 +20,10 @@ constexpr const char* kInferHelp = R"(usage: carseg_infer infer --model DIR --in
   --input PATH...      image files and/or folders (JPEG, PNG, GIF, BMP); several allowed
   --output DIR         where NAME_mask.png and NAME_cutout.{jpg,png} are written (created)
   --device D           cpu (default), cuda or cuda:N
-  --precision P        fp32 (default), fp16 (CUDA only) or int8 (CPU: the folder's
-                       model.int8.onnx from `python -m export int8`, through ONNX Runtime)
+  --precision P        auto (default), fp32, fp16 (CUDA only) or int8 (CPU: the folder's
+                       model.int8.onnx from `python -m export int8`, through ONNX Runtime).
+                       auto: int8 on the CPU where the manifest has an int8 model whose
+                       verify passed (mask IoU against fp32 on real photos), else fp32
   --batch N            images per forward pass (default 8)
   --decode D           where the workers decode JPEG photos: cpu (default, libjpeg-turbo) or
                        gpu (CUDA: nvJPEG; the photos stay on the GPU for the model)

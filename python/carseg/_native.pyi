@@ -52,7 +52,7 @@ class Predictor:
         self,
         model_dir: str | os.PathLike[str],
         device: str = "cpu",
-        precision: Literal["fp32", "fp16", "int8"] = "fp32",
+        precision: Literal["auto", "fp32", "fp16", "int8"] = "auto",
         threshold: float | None = None,
         backend: Literal["auto", "torchscript", "aoti", "onnx"] = "auto",
         cuda_graphs: bool = True,
@@ -64,7 +64,9 @@ class Predictor:
     ) -> None:
         """Load model_dir (manifest.json + model file), check its sha256 and warm it up.
 
-        device "cpu", "cuda" or "cuda:N"; precision "fp16" needs CUDA; threshold in (0, 1)
+        device "cpu", "cuda" or "cuda:N"; precision "auto" is int8 on the CPU where the
+        manifest has an int8 model that passed verify, else fp32; "fp16" needs CUDA; threshold
+        in (0, 1)
         overrides the manifest's; cuda_graphs: capture and replay a CUDA graph per batch shape
         (CUDA only). exact=False (CPU): fused pre/post-processing kernels, faster; masks may
         differ from the op-for-op reference where a logit is within float rounding of the
@@ -129,7 +131,7 @@ class Predictor:
         """Device the model runs on: "cpu" or "cuda:N"."""
     @property
     def precision(self) -> str:
-        """Precision asked for: "fp32", "fp16" or "int8"."""
+        """Precision it runs: "fp32", "fp16" or "int8" ("auto" resolved)."""
     @property
     def threshold(self) -> float:
         """Mask threshold on the probability."""

@@ -280,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "  carseg cutout - --model demo/artifacts --output - --background "
                               "'#2060c0' --crop 20 < car.jpg > car_cutout.jpg")
     _model_args(s, ["native", "torchscript", "onnx", "aoti"], stdio=True)
-    s.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-                   help="fp16 needs CUDA and the native backend; int8 runs the folder's "
+    s.add_argument("--precision", choices=["auto", "fp32", "fp16", "int8"], default="auto",
+                   help="auto (default): int8 on the CPU where the folder has a verified "
+                        "int8 model and the backend runs it (native, onnx), else fp32; fp16 "
+                        "needs CUDA and the native backend; int8 runs the folder's "
                         "model.int8.onnx (python -m export int8) on the CPU, with the native "
                         "or the onnx backend")
     s.add_argument("--threshold", type=float, help="override the manifest's threshold")

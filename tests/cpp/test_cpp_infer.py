@@ -304,3 +304,25 @@ def test_int8_folder_run(tiny_int8: Path, tiny_data: Path, tmp_path: Path) -> No
         assert f"carseg_infer: cpu {precision} onnx, " in stderr
         assert report["precision"] == precision
     _assert_agree(masks["int8"], masks["fp32"], 0.98)
+def test_auto_precision_runs_the_verified_int8_model(tiny_int8: Path, tiny_data: Path,
+                                                     tmp_path: Path) -> None:
+    """With no --precision (auto) carseg_infer runs the folder's int8 model where verify passed
+    it, and says so; the same folder whose int8 entry is not marked passed runs fp32, and so
+    does --backend torchscript."""
+    photos = _three_photos(tiny_data, tmp_path)
+    masks, stderr, report = _folder_masks(tiny_int8, photos, tmp_path / "auto")
+    assert "carseg_infer: cpu int8 onnx, " in stderr
+    assert report["precision"] == "int8"
+    unverified = tmp_path / "unverified"
+    shutil.copytree(tiny_int8, unverified)
+    manifest = json.loads((unverified / "manifest.json").read_text())
+    manifest["artifacts"]["onnx_int8"]["parity"]["passed"] = False
+    (unverified / "manifest.json").write_text(json.dumps(manifest))
+    fp32, stderr, report = _folder_masks(unverified, photos, tmp_path / "unverified_out")
+    assert "carseg_infer: cpu fp32 onnx, " in stderr and report["precision"] == "fp32"
+    _, stderr, report = _folder_masks(tiny_int8, photos, tmp_path / "ts", "--backend",
+                                      "torchscript")
+    assert "carseg_infer: cpu fp32 torchscript, " in stderr and report["precision"] == "fp32"
+    _assert_agree(masks, fp32, 0.98)
+
+

@@ -3,6 +3,7 @@ memory."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -443,7 +444,7 @@ def test_bad_model_folders(tiny_artifacts: Path, tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(CarsegError, match="CUDA requested but not available"):
             carseg.Predictor(tiny_artifacts, device="cuda")
-    with pytest.raises(CarsegError, match='expected fp32, fp16 or int8, got "fp8"'):
+    with pytest.raises(CarsegError, match='expected auto, fp32, fp16 or int8, got "fp8"'):
         carseg.Predictor(tiny_artifacts, precision="fp8")
     with pytest.raises(CarsegError, match="fp16 needs a CUDA device"):
         carseg.Predictor(tiny_artifacts, precision="fp16")
@@ -734,7 +735,8 @@ def test_int8_runs_the_quantized_model_on_onnx_runtime(tiny_int8: Path, tiny_art
     _onnx_or_skip(tiny_int8)
     q = carseg.Predictor(tiny_int8, precision="int8")
     assert (q.backend, q.precision) == ("onnx", "int8")
-    fp32 = carseg.Predictor(tiny_int8, backend="onnx")
+    fp32 = carseg.Predictor(tiny_int8, backend="onnx", precision="fp32")
+    assert fp32.precision == "fp32"
     for im in photos:
         assert _iou(q.predict(im) > 0, fp32.predict(im) > 0) >= 0.98
     with pytest.raises(CarsegError, match="int8 runs through ONNX Runtime: use auto or onnx"):
@@ -744,6 +746,30 @@ def test_int8_runs_the_quantized_model_on_onnx_runtime(tiny_int8: Path, tiny_art
     if not torch.cuda.is_available():
         with pytest.raises(CarsegError, match="CUDA requested but not available"):
             carseg.Predictor(tiny_int8, precision="int8", device="cuda")
+
+
+def test_auto_precision_is_the_verified_int8_model_on_the_cpu(tiny_int8: Path,
+                                                             tiny_artifacts: Path,
+                                                             tmp_path: Path) -> None:
+    """precision "auto" (the default) runs model.int8.onnx where verify passed it, in the
+    bindings and in every Python backend that can run it, and fp32 where it cannot or where the
+    folder has no int8 model that passed; the predictor says which it runs."""
+    from carseg.runtime.predictor import open_predictor
+
+    _onnx_or_skip(tiny_int8)
+    assert carseg.Predictor(tiny_int8).precision == "int8"
+    assert carseg.Predictor(tiny_int8, backend="torchscript").precision == "fp32"
+    assert carseg.Predictor(tiny_artifacts).precision == "fp32"
+    assert open_predictor(tiny_int8, backend="native").precision == "int8"
+    assert open_predictor(tiny_int8, backend="onnx").precision == "int8"
+    assert open_predictor(tiny_int8, backend="torchscript").precision == "fp32"
+    failed = tmp_path / "failed"
+    shutil.copytree(tiny_int8, failed)
+    m = json.loads((failed / "manifest.json").read_text())
+    m["artifacts"]["onnx_int8"]["parity"]["passed"] = False
+    (failed / "manifest.json").write_text(json.dumps(m))
+    assert carseg.Predictor(failed).precision == "fp32"
+    assert open_predictor(failed, backend="onnx").precision == "fp32"
 
 
 def test_python_reference_runs_int8_as_the_core_does(tiny_int8: Path, tiny_artifacts: Path,

@@ -55,6 +55,7 @@ struct ArtifactEntry {
   std::string precision;  // "fp32" | "fp16"
   std::string device;     // device it was exported for ("cpu", "cuda")
   std::string sha256;     // 64 lower-case hex digits
+  bool verified = false;  // parity.passed: `python -m export verify` passed it
 };
 
 /// manifest.json, parsed and validated once (schema_version 1). A manifest is untrusted input:

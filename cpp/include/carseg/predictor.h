@@ -17,7 +17,12 @@ namespace carseg {
 
 /// kInt8: the manifest's statically quantized ONNX model (`python -m export int8`), on the
 /// CPU through ONNX Runtime; fp32 in and out.
-enum class Precision { kFp32, kFp16, kInt8 };
+/// kAuto (the default): the fastest precision the folder has proven for the device. On the CPU,
+/// int8 where the manifest lists an int8 model whose verify passed (`parity.passed`: its masks
+/// kept the mask-IoU tolerance against eager fp32 on real photos) and ONNX Runtime loads, with
+/// backend auto or onnx; otherwise fp32. On CUDA, fp32 (fp16 is asked for by name).
+/// Predictor::precision() gives what it resolved to.
+enum class Precision { kFp32, kFp16, kInt8, kAuto };
 enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
 /// Where a call's results are put: on the CPU (the default), or left on the predictor's
 /// device, so that a caller on CUDA gets CUDA tensors and no copy back. Results left on a CUDA
@@ -25,11 +30,11 @@ enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
 /// tensor made on that stream would be; on a CPU predictor the two are the same.
 enum class Output { kCpu, kDevice };
 
-/// Parse "fp32"/"fp16" and "auto"/"torchscript"/"aoti"/"onnx"; throw OptionError("precision" or
-/// "backend", ...) on anything else.
+/// Parse "auto"/"fp32"/"fp16"/"int8" and "auto"/"torchscript"/"aoti"/"onnx"; throw
+/// OptionError("precision" or "backend", ...) on anything else.
 [[nodiscard]] Precision parse_precision(const std::string& s);
 [[nodiscard]] BackendKind parse_backend(const std::string& s);
-/// "fp32", "fp16" or "int8".
+/// "fp32", "fp16", "int8" or "auto".
 [[nodiscard]] std::string to_string(Precision precision);
 /// Whether this process can use a CUDA device (false on a CPU-only build or machine).
 [[nodiscard]] bool cuda_available();
@@ -39,7 +44,7 @@ enum class Output { kCpu, kDevice };
 
 struct PredictorOptions {
   std::string device = "cpu";  // "cpu", "cuda", "cuda:1"
-  Precision precision = Precision::kFp32;
+  Precision precision = Precision::kAuto;
   std::optional<double> threshold;  // overrides manifest.json's output.threshold
   bool use_cuda_graphs = true;      // capture and replay per batch shape (CUDA only)
   BackendKind backend = BackendKind::kAuto;
@@ -129,7 +134,7 @@ class Predictor {
   [[nodiscard]] double threshold() const;
   /// The refinement applied (nullopt: none).
   [[nodiscard]] const std::optional<RefineSpec>& refine() const;
-  /// The precision asked for in PredictorOptions.
+  /// The precision it runs: PredictorOptions' precision, with kAuto resolved.
   [[nodiscard]] Precision precision() const;
   [[nodiscard]] std::string backend_name() const;
   [[nodiscard]] int input_size() const;

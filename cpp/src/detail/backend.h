@@ -80,4 +80,8 @@ struct TorchScriptOptions {
                                                     const PredictorOptions& options,
                                                     const torch::Device& device);
 
+/// options.precision, with Precision::kAuto resolved for this manifest and device (see kAuto).
+[[nodiscard]] Precision resolve_precision(const Manifest& manifest, const PredictorOptions& options,
+                                          const torch::Device& device);
+
 }  // namespace carseg::detail

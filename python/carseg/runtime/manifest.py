@@ -212,6 +212,19 @@ class Manifest:
         return self.artifacts[name]
 
 
+def auto_precision(manifest: Manifest, backend: str, device: str) -> str:
+    """What precision "auto" runs, as libcarseg resolves it (Precision::kAuto): int8 on the CPU
+    where the manifest lists the int8 model and `python -m export verify` passed it (its masks
+    kept the IoU tolerance against eager fp32 on real photos) and the backend runs ONNX
+    ("onnx" in Python, "native" through ONNX Runtime); otherwise fp32."""
+    entry = manifest.artifacts.get(INT8_NAME) or {}
+    parity = entry.get("parity")
+    verified = isinstance(parity, dict) and parity.get("passed") is True
+    if verified and backend in ("onnx", "native") and str(device) == "cpu":
+        return "int8"
+    return "fp32"
+
+
 def load_manifest(path: str | Path) -> Manifest:
     """Read and check a manifest.json (a folder is taken to hold one)."""
     path = Path(path)

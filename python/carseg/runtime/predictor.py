@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from carseg.errors import CarsegError
+from carseg.runtime.manifest import auto_precision, load_manifest
 from carseg.runtime.reference import ReferencePredictor
 
 BACKENDS = ("native", "torchscript", "onnx", "aoti")
@@ -47,11 +48,13 @@ def check_decode(decode: str, backend: str, device: str) -> None:
 
 
 def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu",
-                   precision: str = "fp32", threshold: float | None = None,
+                   precision: str = "auto", threshold: float | None = None,
                    refine: bool = True, softness: float | None = None) -> Any:
     """refine=False: the model's mask resized, without the manifest's output.refine; softness
-    overrides the refinement's soft-edge width. Every predictor has render() (mask, alpha
-    matte and cutout from one forward pass)."""
+    overrides the refinement's soft-edge width. precision "auto": int8 on the CPU where the
+    folder has a verified int8 model and the backend runs it (native, onnx), else fp32
+    (manifest.auto_precision; the predictor's `precision` says which). Every predictor has
+    render() (mask, alpha matte and cutout from one forward pass)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "native":
@@ -63,6 +66,8 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
                               f"`pip install --no-build-isolation -e .`") from None
         return _native.Predictor(str(model_dir), device=device, precision=precision,
                                  threshold=threshold, refine=refine, softness=softness)
+    if precision == "auto":
+        precision = auto_precision(load_manifest(model_dir), backend, device)
     if precision not in ("fp32", "int8"):
         raise ValueError(f"precision {precision}: the Python backends run the artifact's own "
                          f"precision; export an fp16 folder instead")
