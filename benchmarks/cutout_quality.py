@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         row["bf1"].append(boundary_f1(pred > 0, truth[stem]))
 
     refs = {on: ReferencePredictor(args.artifacts, refine=on) for on in (False, True)}
-    natives = {on: _native.Predictor(str(args.artifacts), refine=on) for on in (False, True)}
+    # fp32 everywhere, the Python reference's precision: every path runs the same model (the
+    # consumers' default, precision auto, would run a verified int8 model; benchmarks.int8
+    # measures what int8 keeps).
+    natives = {on: _native.Predictor(str(args.artifacts), precision="fp32", refine=on)
+               for on in (False, True)}
     if refs[True].refine is None:
         raise SystemExit(f"{args.artifacts}: its manifest has no output.refine; export it again")
     label = {False: "no refinement", True: "refined"}
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             (folder / p.name).symlink_to(p.resolve())
         for on in (False, True):
             extra = () if on else ("--no-refine",)
-            run_infer(args.artifacts, folder, tmp / "t", *extra, "--background", "transparent")
+            run_infer(args.artifacts, folder, tmp / "t", *extra, "--precision", "fp32",
+                      "--background", "transparent")
             for p in photos:
                 mask = np.asarray(Image.open(tmp / "t" / f"{p.stem}_mask.png"))
                 score(f"carseg_infer, mask file ({label[on]})", p.stem, mask)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for on in (False, True):
                 extra = () if on else ("--no-refine",)
-                r = run_infer(args.artifacts, folder, tmp / "w", *extra)
+                r = run_infer(args.artifacts, folder, tmp / "w", *extra, "--precision", "fp32")
                 assert r["succeeded"] == len(photos), r
                 per_photo[on].append(r["seconds"] / len(photos))
     cost = {on: statistics.median(v) for on, v in per_photo.items()}
