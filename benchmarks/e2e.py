@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{result['date']}, {n} JPEG photos from `{args.photos}` to a mask PNG and a white "
              f"JPEG cutout each, model `{args.artifacts}`, model loading not counted; "
              f"{args.rounds} rounds, the pipelines alternated within each. Command: "
-             f"`python -m benchmarks.e2e --artifacts {args.artifacts} --photos {args.photos}`",
+             f"`python -m benchmarks.e2e --artifacts {args.artifacts} --photos {args.photos} "
+             f"--rounds {args.rounds}`",
              "", "| pipeline | ran on | img/s (median) | over the seed (median) | "
              "over the seed, each round |", "| --- | --- | ---: | ---: | --- |"]
     for k, v in med.items():
