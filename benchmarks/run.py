@@ -149,7 +149,10 @@ def cpp_entry(artifacts: Path, device: torch.device, batches: list[int], sizes: 
     for size in sizes:
         result = B.cpp_bench(artifacts, device, batches_for(size, batches, device), iters,
                              warmup, size, backend=backend,
-                             extra=["--onednn-fusion"] if fusion else [])
+                             # fp32 by name: the default (auto) would run a verified int8
+                             # model, not the file the Python row beside it runs
+                             extra=["--precision", "fp32",
+                                    *(["--onednn-fusion"] if fusion else [])])
         if isinstance(result, str):
             entry["skipped"] = result
             log.info("  %-22s skipped: %s", name, result)

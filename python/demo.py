@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from carseg.apps.gallery import dice
@@ -35,21 +35,47 @@ class Steps:
     def __init__(self) -> None:
         self.times: list[tuple[str, float]] = []
 
-    def run(self, name: str, cmd: Sequence[str | Path], refused: str | None = None) -> None:
-        """Run one step; a failure stops the demo, except exit 1 of a step given `refused`
-        (what a refusal means), which is printed and the demo goes on."""
+    def run(self, name: str, cmd: Sequence[str | Path],
+            refused: Callable[[], str | None] | None = None) -> None:
+        """Run one step; a failure stops the demo, except exit 1 of a step whose `refused()`
+        then says it was a refusal (and what it means), which is printed and the demo goes
+        on."""
         print(f"\n=== {name}: {' '.join(str(c) for c in cmd)}", flush=True)
         t0 = time.monotonic()
         proc = subprocess.run([str(c) for c in cmd], cwd=REPO)
         dt = time.monotonic() - t0
         self.times.append((name, dt))
-        if proc.returncode == 1 and refused:
-            print(f"=== {name}: refused after {dt:.1f} s: {refused}", flush=True)
+        why = refused() if proc.returncode == 1 and refused else None
+        if why:
+            print(f"=== {name}: refused after {dt:.1f} s: {why}", flush=True)
             return
         if proc.returncode != 0:
             raise SystemExit(f"demo: step '{name}' failed (exit {proc.returncode}) "
                              f"after {dt:.0f} s")
         print(f"=== {name}: done in {dt:.1f} s", flush=True)
+
+
+def int8_refused(manifest: Path) -> str | None:
+    """After `export int8` exited 1: what it means when verify refused the int8 model alone
+    (its entry's parity.passed false, every other artifact passed), else None (a failure)."""
+    try:
+        arts = json.loads(manifest.read_text())["artifacts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(arts, dict):
+        return None
+
+    def parity(a: object) -> dict:
+        p = a.get("parity") if isinstance(a, dict) else None
+        return p if isinstance(p, dict) else {}
+
+    others = [parity(a).get("passed") is True for k, a in arts.items()
+              if k != "onnx_int8" and a is not None]
+    if parity(arts.get("onnx_int8")).get("passed") is False and all(others):
+        iou = parity(arts["onnx_int8"]).get("mask_iou")
+        return (f"verify refused the int8 model (mask IoU {iou} against fp32, under its bar); "
+                f"carseg_infer runs fp32")
+    return None
 
 
 def full_resolution_dice(csv_path: Path, masks: Path) -> tuple[float, int, tuple[int, int]]:
@@ -110,8 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.run("export int8 + verify", [sys.executable, "-m", "export", "int8", artifacts,
                                            "--calibration", csv_dir / "dataset_train.csv",
                                            "--images", csv_dir / "dataset_valid.csv"],
-                  refused="verify refused the int8 model (its masks missed the IoU bar against "
-                          "fp32); carseg_infer runs fp32")
+                  refused=lambda: int8_refused(artifacts / "manifest.json"))
     infer = shutil.which("carseg_infer", path=str(BIN))
     if infer and (artifacts / "manifest.json").is_file():
         held_out = out / "held_out"  # the validation photos: never trained on

@@ -54,8 +54,11 @@ Precision resolve_precision(const Manifest& manifest, const PredictorOptions& op
   if (device.is_cuda() || (options.backend != BackendKind::kAuto && options.backend != BackendKind::kOnnx)) {
     return Precision::kFp32;
   }
-  for (const auto& [name, a] : manifest.artifacts()) {
-    if (a.format == "onnx" && a.precision == "int8" && a.verified && onnx_available()) return Precision::kInt8;
+  // The int8 artifact load_backend would load, and only if verify passed that one.
+  const std::string q = pick_artifact(manifest, "onnx", "int8", "cpu");
+  if (!q.empty()) {
+    const ArtifactEntry& a = manifest.artifact(q);
+    if (a.precision == "int8" && a.verified && onnx_available()) return Precision::kInt8;
   }
   return Precision::kFp32;
 }

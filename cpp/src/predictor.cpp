@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iostream>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -269,8 +270,8 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
   Impl& m = *impl_;
   m.manifest = Manifest::load(artifacts);
   m.device = parse_device(options.device);
+  const bool auto_precision = options.precision == Precision::kAuto;
   options.precision = detail::resolve_precision(m.manifest, options, m.device);
-  m.options = options;
   if (options.precision == Precision::kFp16 && !m.device.is_cuda()) {
     throw OptionError("precision", "fp16 needs a CUDA device; use fp32 on the CPU");
   }
@@ -281,7 +282,17 @@ Predictor::Predictor(const std::filesystem::path& artifacts, PredictorOptions op
   if (!(m.threshold > 0 && m.threshold < 1)) {
     throw OptionError("threshold", "expected a value in (0, 1), got " + std::to_string(m.threshold));
   }
-  m.backend = detail::load_backend(m.manifest, options, m.device);
+  try {
+    m.backend = detail::load_backend(m.manifest, options, m.device);
+  } catch (const Error& e) {
+    // Precision auto's int8 pick that does not load (a damaged file, a library that refuses
+    // it) falls back to fp32, saying why; an int8 asked for by name does not.
+    if (!auto_precision || options.precision != Precision::kInt8) throw;
+    std::cerr << "carseg: " << e.what() << "; precision auto runs fp32 instead" << std::endl;
+    options.precision = Precision::kFp32;
+    m.backend = detail::load_backend(m.manifest, options, m.device);
+  }
+  m.options = options;
   m.run_dtype = m.backend->input_dtype();
   m.channels_last = m.device.is_cuda() && options.precision == Precision::kFp16;
   m.pre = std::make_unique<Preprocessor>(m.manifest.preprocessing(), m.device);

@@ -5,6 +5,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <sstream>
 #include <vector>
@@ -159,9 +160,12 @@ void fit_cpu(const float* guide, const float* prob, int h, int w, int r, double 
     const double c11 = s00 * s22 - s02 * s02, c12 = s01 * s02 - s00 * s12, c22 = s00 * s11 - s01 * s01;
     const double det = s00 * c00 + s01 * c01 + s02 * c02;
     const double v0 = cov[0], v1 = cov[1], v2 = cov[2];
-    const float a[3] = {static_cast<float>((c00 * v0 + c01 * v1 + c02 * v2) / det),
-                        static_cast<float>((c01 * v0 + c11 * v1 + c12 * v2) / det),
-                        static_cast<float>((c02 * v0 + c12 * v1 + c22 * v2) / det)};
+    // A singular system (only where rounding cancels a tiny eps) has no solution to take:
+    // a = 0 there, so that q is the window's mean probability.
+    const double inv = det != 0 && std::isfinite(det) ? 1.0 / det : 0.0;
+    const float a[3] = {static_cast<float>(inv == 0 ? 0 : (c00 * v0 + c01 * v1 + c02 * v2) / det),
+                        static_cast<float>(inv == 0 ? 0 : (c01 * v0 + c11 * v1 + c12 * v2) / det),
+                        static_cast<float>(inv == 0 ? 0 : (c02 * v0 + c12 * v1 + c22 * v2) / det)};
     for (int c = 0; c < 3; ++c) ab[c * n + k] = a[c];
     ab[3 * n + k] = mp - (a[0] * mi[0] + a[1] * mi[1] + a[2] * mi[2]);
   }
@@ -203,17 +207,21 @@ torch::Tensor soft_alpha(const torch::Tensor& q, double threshold, double softne
 
 // One row of the photo added into the running column sums, minima and maxima of pool_photo.
 // The sums are 16-bit where a band of rows cannot overflow them (257 rows of 255), which
-// doubles the lanes of each AVX2 add.
-template <typename Sum>
-CARSEG_AVX2_CLONES void accumulate_row(
-    const std::uint8_t* __restrict row, std::size_t n, Sum* __restrict sum,
-    std::uint8_t* __restrict rmin, std::uint8_t* __restrict rmax) {
-  for (std::size_t k = 0; k < n; ++k) {
-    sum[k] = static_cast<Sum>(sum[k] + row[k]);
-    rmin[k] = std::min(rmin[k], row[k]);
-    rmax[k] = std::max(rmax[k], row[k]);
+// doubles the lanes of each AVX2 add. Two overloads, not a template: Clang refuses
+// target_clones on a template.
+#define CARSEG_ACCUMULATE_ROW(Sum)                                                             \
+  CARSEG_AVX2_CLONES void accumulate_row(const std::uint8_t* __restrict row, std::size_t n,   \
+                                         Sum* __restrict sum, std::uint8_t* __restrict rmin, \
+                                         std::uint8_t* __restrict rmax) {                     \
+    for (std::size_t k = 0; k < n; ++k) {                                                      \
+      sum[k] = static_cast<Sum>(sum[k] + row[k]);                                              \
+      rmin[k] = std::min(rmin[k], row[k]);                                                     \
+      rmax[k] = std::max(rmax[k], row[k]);                                                     \
+    }                                                                                          \
   }
-}
+CARSEG_ACCUMULATE_ROW(std::uint16_t)
+CARSEG_ACCUMULATE_ROW(std::uint32_t)
+#undef CARSEG_ACCUMULATE_ROW
 
 // Adaptive average pooling of a uint8 photo to [3, h, w] in [0, 1] (output cell i covers rows
 // floor(i*H/h) to ceil((i+1)*H/h), as torch's), by exact integer sums, with each cell's least

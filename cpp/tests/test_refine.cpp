@@ -26,10 +26,11 @@ int64_t max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
 }
 
 // The manifest's refinement, applied by the C++ predictor, gives the Python reference's mask
-// and matte: the coarse fit is computed op for op in torch, the guide pooled by integer sums
-// (the reference pools floats), and the full-resolution pass runs only where the bound leaves
-// the value open. Allowed: a mask pixel in 10,000 where q is within rounding of the threshold,
-// alpha within 1 of 255.
+// and matte: the coarse fit is computed step for step in loops (the 3x3 systems solved in
+// float64 by their adjugate, where the reference solves them in float32 by LU), the guide
+// pooled by integer sums (the reference pools floats), and the full-resolution pass runs only
+// where the bound leaves the value open. Allowed: a mask pixel in 10,000 where q is within
+// rounding of the threshold, alpha within 1 of 255.
 TEST(Refine, PredictorMatchesThePythonReference) {
   CARSEG_REQUIRE_FIXTURES();
   const json c = cases();
@@ -184,6 +185,26 @@ TEST(Refine, FollowsThePhotosEdgeAndComposites) {
   EXPECT_EQ(box.y1, rows.max().item<int>() + 4);
   EXPECT_EQ(box.x0, cols.min().item<int>() - 3);
   EXPECT_EQ(box.x1, cols.max().item<int>() + 4);
+}
+
+// A band of photo rows too tall for 16-bit column sums (over 257 rows a grid cell) is pooled
+// with 32-bit ones: one cell over a 600-row photo of two colours has the photo's least and
+// greatest colour and, the probability being flat, the mean probability as its filter value.
+TEST(Refine, TallCellsPoolWithoutOverflow) {
+  torch::Tensor image = torch::empty({600, 4, 3}, torch::kUInt8);
+  image.narrow(0, 0, 300).fill_(250);
+  image.narrow(0, 300, 300).select(2, 0).fill_(10);
+  image.narrow(0, 300, 300).select(2, 1).fill_(200);
+  image.narrow(0, 300, 300).select(2, 2).fill_(90);
+  carseg::RefineSpec spec;
+  spec.subsample = 64;  // cells of 64 model pixels: one cell for the whole photo
+  const carseg::RefineSpec::Grid g = spec.grid(600, 4, 32);
+  ASSERT_EQ(std::make_pair(g.height, g.width), std::make_pair(1, 1));
+  const carseg::RefineFit f = carseg::fit_refinement(image, torch::full({1, 1}, 0.8F), spec, 0.5, 32);
+  EXPECT_TRUE(torch::allclose(f.lo.flatten(), torch::tensor({10.0F, 200.0F, 90.0F}) / 255.0F));
+  EXPECT_TRUE(torch::allclose(f.hi.flatten(), torch::tensor({250.0F, 250.0F, 250.0F}) / 255.0F));
+  EXPECT_NEAR(f.b.item<float>(), 1.0F / (1.0F + std::exp(-0.8F)), 1e-5F);
+  EXPECT_NEAR(f.a.abs().max().item<float>(), 0.0F, 1e-5F);
 }
 
 TEST(Refine, BadBackdropsAndSpecsAreNamed) {

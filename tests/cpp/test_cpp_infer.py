@@ -304,6 +304,8 @@ def test_int8_folder_run(tiny_int8: Path, tiny_data: Path, tmp_path: Path) -> No
         assert f"carseg_infer: cpu {precision} onnx, " in stderr
         assert report["precision"] == precision
     _assert_agree(masks["int8"], masks["fp32"], 0.98)
+
+
 def test_auto_precision_runs_the_verified_int8_model(tiny_int8: Path, tiny_data: Path,
                                                      tmp_path: Path) -> None:
     """With no --precision (auto) carseg_infer runs the folder's int8 model where verify passed
@@ -324,5 +326,14 @@ def test_auto_precision_runs_the_verified_int8_model(tiny_int8: Path, tiny_data:
                                       "torchscript")
     assert "carseg_infer: cpu fp32 torchscript, " in stderr and report["precision"] == "fp32"
     _assert_agree(masks, fp32, 0.98)
-
-
+    # A verified int8 model that no longer loads (its file damaged): auto says why and runs
+    # fp32; --precision int8 refuses the folder.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_int8, damaged)
+    (damaged / "model.int8.onnx").write_bytes(b"not a model")
+    _, stderr, report = _folder_masks(damaged, photos, tmp_path / "damaged_out")
+    assert "sha256 mismatch" in stderr and "precision auto runs fp32 instead" in stderr
+    assert "carseg_infer: cpu fp32 onnx, " in stderr and report["precision"] == "fp32"
+    r = run("infer", "--model", damaged, "--input", photos, "--output", tmp_path / "refused",
+            "--precision", "int8")
+    assert r.returncode == 2 and "sha256 mismatch" in r.stderr

@@ -20,7 +20,8 @@ namespace carseg {
 /// kAuto (the default): the fastest precision the folder has proven for the device. On the CPU,
 /// int8 where the manifest lists an int8 model whose verify passed (`parity.passed`: its masks
 /// kept the mask-IoU tolerance against eager fp32 on real photos) and ONNX Runtime loads, with
-/// backend auto or onnx; otherwise fp32. On CUDA, fp32 (fp16 is asked for by name).
+/// backend auto or onnx; otherwise fp32 (and fp32 too, with a line on stderr saying why, where
+/// that int8 model then fails to load). On CUDA, fp32 (fp16 is asked for by name).
 /// Predictor::precision() gives what it resolved to.
 enum class Precision { kFp32, kFp16, kInt8, kAuto };
 enum class BackendKind { kAuto, kTorchScript, kAoti, kOnnx };
@@ -134,7 +135,8 @@ class Predictor {
   [[nodiscard]] double threshold() const;
   /// The refinement applied (nullopt: none).
   [[nodiscard]] const std::optional<RefineSpec>& refine() const;
-  /// The precision it runs: PredictorOptions' precision, with kAuto resolved.
+  /// PredictorOptions' precision with kAuto resolved. (A folder whose TorchScript file is fp16
+  /// runs fp16 whatever this says; the predictor logs it when loading.)
   [[nodiscard]] Precision precision() const;
   [[nodiscard]] std::string backend_name() const;
   [[nodiscard]] int input_size() const;

@@ -10,7 +10,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    carseg::PredictorOptions options;  // the CPU, fp32
+    carseg::PredictorOptions options;  // the CPU, precision auto
     if (carseg::cuda_available()) {    // a GPU: fp16, channels_last, CUDA graphs
       options.device = "cuda";
       options.precision = carseg::Precision::kFp16;
