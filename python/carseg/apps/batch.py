@@ -214,6 +214,10 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
                 **actors)
             ds = ds.map(_write, fn_kwargs={"output": out, "cutout": cutout})
         for row in ds.iter_rows():
+            if handle_signals:
+                # A signal whose KeyboardInterrupt Ray Data's own code caught (its iterator
+                # runs threads and retries) stops the job here, at the next row, not at its end.
+                raise_if_stopped()
             if row["status"] == "done":
                 report.done.append(row["path"])
             else:
