@@ -24,6 +24,7 @@ from pathlib import Path
 from carseg.apps.gallery import dice
 from carseg.datasets.prepare import read_csv
 from carseg.io.images import read_mask
+from carseg.runtime.manifest import INT8_NAME, parity_passed
 
 log = logging.getLogger("carseg.demo")
 
@@ -64,15 +65,9 @@ def int8_refused(manifest: Path) -> str | None:
         return None
     if not isinstance(arts, dict):
         return None
-
-    def parity(a: object) -> dict:
-        p = a.get("parity") if isinstance(a, dict) else None
-        return p if isinstance(p, dict) else {}
-
-    others = [parity(a).get("passed") is True for k, a in arts.items()
-              if k != "onnx_int8" and a is not None]
-    if parity(arts.get("onnx_int8")).get("passed") is False and all(others):
-        iou = parity(arts["onnx_int8"]).get("mask_iou")
+    others = [parity_passed(a) is True for k, a in arts.items() if k != INT8_NAME and a is not None]
+    if parity_passed(arts.get(INT8_NAME)) is False and all(others):
+        iou = arts[INT8_NAME]["parity"].get("mask_iou")
         return (f"verify refused the int8 model (mask IoU {iou} against fp32, under its bar); "
                 f"carseg_infer runs fp32")
     return None

@@ -162,10 +162,10 @@ void fit_cpu(const float* guide, const float* prob, int h, int w, int r, double 
     const double v0 = cov[0], v1 = cov[1], v2 = cov[2];
     // A singular system (only where rounding cancels a tiny eps) has no solution to take:
     // a = 0 there, so that q is the window's mean probability.
-    const double inv = det != 0 && std::isfinite(det) ? 1.0 / det : 0.0;
-    const float a[3] = {static_cast<float>(inv == 0 ? 0 : (c00 * v0 + c01 * v1 + c02 * v2) / det),
-                        static_cast<float>(inv == 0 ? 0 : (c01 * v0 + c11 * v1 + c12 * v2) / det),
-                        static_cast<float>(inv == 0 ? 0 : (c02 * v0 + c12 * v1 + c22 * v2) / det)};
+    const bool solvable = det != 0 && std::isfinite(det);
+    const float a[3] = {static_cast<float>(solvable ? (c00 * v0 + c01 * v1 + c02 * v2) / det : 0),
+                        static_cast<float>(solvable ? (c01 * v0 + c11 * v1 + c12 * v2) / det : 0),
+                        static_cast<float>(solvable ? (c02 * v0 + c12 * v1 + c22 * v2) / det : 0)};
     for (int c = 0; c < 3; ++c) ab[c * n + k] = a[c];
     ab[3 * n + k] = mp - (a[0] * mi[0] + a[1] * mi[1] + a[2] * mi[2]);
   }
@@ -279,6 +279,18 @@ void pool_photo(const std::uint8_t* rgb, int H, int W, int h, int w, float* mean
 
 using detail::Tap;
 using detail::tap;
+
+// `count` planes of h x w floats (`plane` apart, from `planes`) interpolated along y at `ty`
+// into `count` rows of w floats at `dst`: what a row of the photo needs before it interpolates
+// along x alone.
+void rows_along_y(const float* planes, int count, std::size_t plane, int w, const Tap& ty, float* dst) {
+  for (int c = 0; c < count; ++c) {
+    const float* r0 = planes + c * plane + static_cast<std::size_t>(ty.i0) * w;
+    const float* r1 = planes + c * plane + static_cast<std::size_t>(ty.i1) * w;
+    float* out = dst + static_cast<std::size_t>(c) * w;
+    for (int k = 0; k < w; ++k) out[k] = ty.l0 * r0[k] + ty.l1 * r1[k];
+  }
+}
 
 // A stretch of `n` columns of one row, each interpolating the row's four coefficient planes
 // (`planes`: a0, a1, a2, b, `w` floats each, already interpolated along y) between samples
@@ -415,12 +427,7 @@ Matte apply_cpu(const torch::Tensor& image, std::shared_ptr<const RefineFit> fit
       r = last + 1;
       computed += static_cast<std::size_t>(end - x);
       if (!row_ready) {
-        for (int c = 0; c < 4; ++c) {
-          const float* r0 = C + c * plane + static_cast<std::size_t>(ty.i0) * w;
-          const float* r1 = C + c * plane + static_cast<std::size_t>(ty.i1) * w;
-          float* out = along_y.data() + static_cast<std::size_t>(c) * w;
-          for (int k = 0; k < w; ++k) out[k] = ty.l0 * r0[k] + ty.l1 * r1[k];
-        }
+        rows_along_y(C, 4, plane, w, ty, along_y.data());
         row_ready = true;
       }
       apply_stretch(rgb + 3 * (row + x), xi0.data() + x, xi1.data() + x, xl0.data() + x,
@@ -464,13 +471,12 @@ RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits
     if (h != H || w != W) guide = torch::adaptive_avg_pool2d(guide.unsqueeze(0), {h, w}).squeeze(0);
   }
   const int r = g.radius;
+  f.threshold = static_cast<float>(threshold);
+  f.softness = static_cast<float>(spec.softness);
   const torch::Tensor prob = torch::sigmoid(logits_small.to(torch::kFloat32));
   if (image.device().is_cpu()) {
     const torch::Tensor p = prob.to(torch::kCPU).contiguous();
-    fit_cpu(guide.data_ptr<float>(), p.data_ptr<float>(), h, w, r, spec.eps, static_cast<float>(threshold),
-            static_cast<float>(spec.softness), f);
-    f.threshold = static_cast<float>(threshold);
-    f.softness = static_cast<float>(spec.softness);
+    fit_cpu(guide.data_ptr<float>(), p.data_ptr<float>(), h, w, r, spec.eps, f.threshold, f.softness, f);
     return f;
   }
   auto [a, b] = guided_coefficients(guide, prob, r, spec.eps);
@@ -481,8 +487,6 @@ RefineFit fit_refinement(const torch::Tensor& image, const torch::Tensor& logits
   f.bg = (means.narrow(0, 4, 3) / means.select(0, 7).clamp_min(1e-6)).clamp_(0, 1).contiguous();
   f.a = a.contiguous();
   f.b = b.contiguous();
-  f.threshold = static_cast<float>(threshold);
-  f.softness = static_cast<float>(spec.softness);
   return f;
 }
 
@@ -529,13 +533,8 @@ void Decontaminator::set_row(int y) {
 void Decontaminator::pixel(int x, const std::uint8_t* rgb, std::uint8_t alpha_u8, float* out) {
   if (!row_ready_) {
     // The six planes (fg, then bg) interpolated along y once for the row, on its first soft pixel.
-    for (int c = 0; c < 6; ++c) {
-      const float* plane = (c < 3 ? fg_ + c * plane_ : bg_ + (c - 3) * plane_);
-      const float* r0 = plane + static_cast<std::size_t>(ty_.i0) * w_;
-      const float* r1 = plane + static_cast<std::size_t>(ty_.i1) * w_;
-      float* dst = row_.data() + static_cast<std::size_t>(c) * w_;
-      for (int k = 0; k < w_; ++k) dst[k] = ty_.l0 * r0[k] + ty_.l1 * r1[k];
-    }
+    rows_along_y(fg_, 3, plane_, w_, ty_, row_.data());
+    rows_along_y(bg_, 3, plane_, w_, ty_, row_.data() + 3 * static_cast<std::size_t>(w_));
     row_ready_ = true;
   }
   const Tap& tx = xs_[static_cast<std::size_t>(x)];

@@ -212,14 +212,20 @@ class Manifest:
         return self.artifacts[name]
 
 
+def parity_passed(entry: Any) -> bool | None:
+    """An artifact entry's verify result: True passed, False refused, None never verified (or
+    not an entry)."""
+    parity = entry.get("parity") if isinstance(entry, dict) else None
+    passed = parity.get("passed") if isinstance(parity, dict) else None
+    return passed if isinstance(passed, bool) else None
+
+
 def auto_precision(manifest: Manifest, backend: str, device: str) -> str:
     """What precision "auto" runs, as libcarseg resolves it (Precision::kAuto): int8 on the CPU
     where the manifest lists the int8 model and `python -m export verify` passed it (its masks
     kept the IoU tolerance against eager fp32 on real photos) and the backend runs ONNX
     ("onnx" in Python, "native" through ONNX Runtime); otherwise fp32."""
-    entry = manifest.artifacts.get(INT8_NAME) or {}
-    parity = entry.get("parity")
-    verified = isinstance(parity, dict) and parity.get("passed") is True
+    verified = parity_passed(manifest.artifacts.get(INT8_NAME)) is True
     if verified and backend in ("onnx", "native") and str(device) == "cpu":
         return "int8"
     return "fp32"

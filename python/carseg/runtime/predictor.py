@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from carseg.errors import CarsegError
-from carseg.runtime.manifest import auto_precision, load_manifest
 from carseg.runtime.reference import ReferencePredictor
 
 BACKENDS = ("native", "torchscript", "onnx", "aoti")
@@ -53,7 +52,8 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
     """refine=False: the model's mask resized, without the manifest's output.refine; softness
     overrides the refinement's soft-edge width. precision "auto": int8 on the CPU where the
     folder has a verified int8 model and the backend runs it (native, onnx), else fp32
-    (manifest.auto_precision; the predictor's `precision` says which). Every predictor has
+    (manifest.auto_precision, resolved where the manifest is read; the predictor's
+    `precision` says which). Every predictor has
     render() (mask, alpha matte and cutout from one forward pass)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -66,14 +66,12 @@ def open_predictor(model_dir: str | Path, backend: str = "torchscript", device: 
                               f"`pip install --no-build-isolation -e .`") from None
         return _native.Predictor(str(model_dir), device=device, precision=precision,
                                  threshold=threshold, refine=refine, softness=softness)
-    if precision == "auto":
-        precision = auto_precision(load_manifest(model_dir), backend, device)
-    if precision not in ("fp32", "int8"):
+    if precision not in ("auto", "fp32", "int8"):
         raise ValueError(f"precision {precision}: the Python backends run the artifact's own "
                          f"precision; export an fp16 folder instead")
     return ReferencePredictor(model_dir, backend=backend, device=device, threshold=threshold,
                               refine=refine, softness=softness,
-                              precision="int8" if precision == "int8" else None)
+                              precision=None if precision == "fp32" else precision)
 
 
 def trial_open(model_dir: str | Path, backend: str = "torchscript", device: str = "cpu") -> str:

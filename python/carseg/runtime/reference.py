@@ -28,7 +28,7 @@ import torch
 
 from carseg.errors import CarsegError
 from carseg.runtime import refine
-from carseg.runtime.manifest import INT8_NAME, load_manifest, model_bytes
+from carseg.runtime.manifest import INT8_NAME, auto_precision, load_manifest, model_bytes
 from carseg.runtime.preprocess import mask_from_logits, postprocess_logits, preprocess_batch
 from carseg.runtime.refine import RefineSpec
 
@@ -157,12 +157,16 @@ class ReferencePredictor:
         model's mask resized. `softness` overrides the refinement's soft-edge width.
         `precision`: None or the folder's own runs the backend's artifact; "int8" runs the
         statically quantized ONNX model (artifacts.onnx_int8, `python -m export int8`) on ONNX
-        Runtime (backend "onnx")."""
+        Runtime (backend "onnx"); "auto" the int8 model where auto_precision takes it, else
+        the backend's artifact."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
         self.model_dir = Path(model_dir)
         self.manifest = load_manifest(self.model_dir)
         source = str(self.model_dir / "manifest.json")
+        if precision == "auto":
+            precision = "int8" if auto_precision(self.manifest, backend, str(device)) == "int8" \
+                else None
         if precision == "int8" and backend != "onnx":
             raise ValueError(f"precision int8: the quantized model runs on ONNX Runtime; "
                              f"use backend 'onnx', not {backend!r}")
