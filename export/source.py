@@ -177,8 +177,10 @@ def _first(keys: list[str]) -> str:
 
 def build_eager(source: Source, device: torch.device | str = "cpu",
                 dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The trained model in eval mode, rebuilt from the config, checkpoint loaded."""
-    model = build_model(**source.model_kwargs)
+    """The trained model in eval mode, rebuilt from the config, checkpoint loaded; in the
+    default memory format whatever the training used (channels_last is the training's choice
+    for its own speed; each backend picks its own)."""
+    model = build_model(**{**source.model_kwargs, "channels_last": False})
     try:
         obj = torch.load(source.checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises a zoo of types for a bad file

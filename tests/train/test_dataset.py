@@ -134,3 +134,39 @@ def test_image_modes_become_rgb(tmp_path: Path, mode: str) -> None:
     assert rgb[1, 1].tolist() == [0, 0, 0]
     if mode == "RGBA":
         assert rgb[0, 0].tolist() == [255, 255, 255]
+
+
+def test_a_cached_dataset_gives_what_an_uncached_one_gives(tiny_data: Path, tmp_path: Path
+                                                           ) -> None:
+    csv_path = tiny_data / "dataset_train.csv"
+    for soft in (False, True):
+        plain = SegmentationDataset(csv_path, build_transforms("valid", 64, soft_targets=soft))
+        cached = SegmentationDataset(csv_path, build_transforms("valid", 64, soft_targets=soft),
+                                     cache=True)
+        for i in (0, 1, 0):  # the second read of 0 comes from the cache
+            a, b = plain[i], cached[i]
+            assert torch.equal(a["features"], b["features"])
+            assert torch.equal(a["targets"], b["targets"])
+    # training items from the cache still draw their augmentations anew each time
+    train = SegmentationDataset(csv_path, build_transforms("train", 64), cache=True)
+    draws = {train[0]["features"].sum().item() for _ in range(6)}
+    assert len(draws) > 1
+    # a photo that goes bad after the first epoch is not read again: the cache answers
+    rows = read_csv(csv_path)[:1]
+    photo = tmp_path / "photo.jpg"
+    shutil.copyfile(rows[0][0], photo)
+    ds = SegmentationDataset(_write_csv(tmp_path / "one.csv", [(photo, rows[0][1])]),
+                             build_transforms("valid", 64), cache=True)
+    first = ds[0]["features"]
+    photo.write_bytes(b"not a photo")
+    assert torch.equal(ds[0]["features"], first)
+
+
+def test_cache_refuses_transforms_it_cannot_split(tiny_data: Path) -> None:
+    import albumentations as A
+
+    with pytest.raises(DataError, match="FitLongestSide"):
+        SegmentationDataset(tiny_data / "dataset_train.csv", A.Compose([A.HorizontalFlip()]),
+                            cache=True)
+    with pytest.raises(DataError, match="FitLongestSide"):
+        SegmentationDataset(tiny_data / "dataset_train.csv", None, cache=True)
