@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +23,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_YML = REPO / "python" / "carseg" / "configs" / "train.yml"
+
+
+def config_refine_spec() -> Any:
+    """The RefineSpec that export records for a run of TRAIN_YML (its shared.refine)."""
+    import yaml
+
+    from carseg.runtime.refine import RefineSpec
+
+    return RefineSpec(**yaml.safe_load(TRAIN_YML.read_text())["shared"]["refine"])
 
 # Files no entry point may choke on, each named for its defect, and the words its error must
 # contain (Python's reader says "not a readable image", libcarseg's "not an image").

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import config_refine_spec
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason="the `scale` extra (ray[serve]) is not installed")
@@ -199,8 +200,9 @@ def test_a_folder_the_replicas_cannot_load_is_refused_up_front(tiny_artifacts: P
 def test_the_trial_load_says_what_the_replicas_run(tiny_artifacts: Path) -> None:
     from carseg.apps.serve import check_artifacts
 
+    radius = config_refine_spec().radius  # what export recorded from the config
     assert check_artifacts(tiny_artifacts, "onnx", "onnx") == (
-        "onnx fp32 on cpu, refinement on (radius 4.0 model px)")
+        f"onnx fp32 on cpu, refinement on (radius {radius:.1f} model px)")
 
 
 def test_routes_and_query_errors(server: Path, photos) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import copy_of, eager_model
+from helpers import config_refine_spec, copy_of, eager_model
 
 from carseg.errors import CarsegError
 from carseg.io.images import read_rgb
@@ -19,7 +19,6 @@ from carseg.runtime.preprocess import (
     preprocess,
 )
 from carseg.runtime.reference import ReferencePredictor
-from carseg.runtime.refine import RefineSpec
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +51,19 @@ def test_predict_matches_eager_through_the_contract(backend: str, tiny_artifacts
 
 def test_the_mask_is_refined_as_the_manifest_says(tiny_artifacts: Path, tiny_logdir: Path,
                                                   photos) -> None:
-    """Export records the refinement (RefineSpec's defaults); predict applies it to the model's
-    logits: the mask is refine.matte's, computed here from the eager model."""
+    """Export records the refinement (the config's shared.refine); predict applies it to the
+    model's logits: the mask is refine.matte's, computed here from the eager model."""
     predictor = ReferencePredictor(tiny_artifacts, backend="torchscript")
-    assert predictor.manifest.output["refine"] == RefineSpec().to_json()
-    assert predictor.refine == RefineSpec()
+    recorded = config_refine_spec()
+    assert predictor.manifest.output["refine"] == recorded.to_json()
+    assert predictor.refine == recorded
     spec, model = PreprocessSpec(size=64), eager_model(tiny_logdir)
     for photo in photos:
         t = torch.from_numpy(photo.copy())
         with torch.no_grad():
             raw = model(preprocess(t, spec)[None])[0]
-        small = postprocess_logits(raw, RefineSpec().grid(*photo.shape[:2], 64)[0], spec)
-        fit = refine.fit(t, small, RefineSpec(), 0.5, 64)
+        small = postprocess_logits(raw, recorded.grid(*photo.shape[:2], 64)[0], spec)
+        fit = refine.fit(t, small, recorded, 0.5, 64)
         want, alpha = refine.matte(t, fit)
         mask = predictor.predict(photo)
         assert (mask != want.numpy()).mean() <= 1e-3

@@ -21,7 +21,7 @@ BACKENDS = ("native", "torchscript", "onnx", "aoti")
 
 def describe(predictor: Any, backend: str) -> str:
     """What a predictor opened with `backend` actually runs, for the first line a command
-    prints: "native (onnx) int8 on cpu, refinement on (radius 4.0 model px)"."""
+    prints: "native (onnx) int8 on cpu, refinement on (radius 2.0 model px)"."""
     runtime = getattr(predictor, "backend", backend)
     refine = getattr(predictor, "refine", None)
     radius = None if not refine else (refine["radius"] if isinstance(refine, dict)
