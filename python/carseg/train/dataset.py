@@ -23,8 +23,8 @@ class SegmentationDataset(Dataset):
 
     `cache`: keep each photo as its first transform (FitLongestSide, which has no randomness)
     leaves it, so that it is decoded and shrunk once, not once an epoch: about 10 ms a 960x640
-    photo, a third of a CPU epoch's time at 128 px. The cache lives in the process that loads
-    (a DataLoader's persistent worker); at 128 px it holds about 110 KB a photo.
+    photo, about a quarter of a CPU epoch's time at 128 px. The cache lives in the process that
+    loads (a DataLoader's persistent worker); at 128 px it holds about 80 KB a photo.
     """
 
     def __init__(self, csv_path: str | Path,
