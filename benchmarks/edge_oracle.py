@@ -54,18 +54,16 @@ def as_logits(p: torch.Tensor) -> torch.Tensor:
 def rows_for(rgb: torch.Tensor, truth: np.ndarray, size: int, radii: list[float]
              ) -> dict[str, tuple[float, float]]:
     h, w = truth.shape
+    hw, _ = RefineSpec().grid(h, w, size)  # the model's grid (subsample 1); no radius in it
     out = {}
     for how in SHRINKS:
-        for radius in [0.0, *radii]:
-            spec = RefineSpec(radius=radius or 1.0)
-            hw, _ = spec.grid(h, w, size)
-            lg = as_logits(shrink(torch.from_numpy(truth), hw, how))
-            if radius == 0.0:
-                up = F.interpolate(lg[None, None], size=(h, w), mode="bilinear",
-                                   align_corners=False)[0, 0]
-                mask = (up > 0).numpy()
-            else:
-                mask = refine.matte(rgb, refine.fit(rgb, lg, spec, 0.5, size))[0].numpy() > 0
+        lg = as_logits(shrink(torch.from_numpy(truth), hw, how))
+        up = F.interpolate(lg[None, None], size=(h, w), mode="bilinear", align_corners=False)
+        masks = {0.0: (up[0, 0] > 0).numpy()}
+        for radius in radii:
+            spec = RefineSpec(radius=radius)
+            masks[radius] = refine.matte(rgb, refine.fit(rgb, lg, spec, 0.5, size))[0].numpy() > 0
+        for radius, mask in masks.items():
             out[f"{how}|{radius:g}"] = (dice(mask, truth), boundary_f1(mask, truth))
     return out
 

@@ -83,16 +83,14 @@ class SegmentationDataset(Dataset):
         return self._cache[index]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._cache is not None:
-            image, mask = self._resized(index)
-            out = self._rest(image=image, mask=mask)
-            image_t, mask_t = out["image"], out["mask"]
-        elif self.transforms is not None:
-            image, mask = self.load(index)
-            out = self.transforms(image=image, mask=mask)
+        if self._cache is not None:  # the first transform already applied, once
+            (image, mask), transforms = self._resized(index), self._rest
+        else:
+            (image, mask), transforms = self.load(index), self.transforms
+        if transforms is not None:
+            out = transforms(image=image, mask=mask)
             image_t, mask_t = out["image"], out["mask"]
         else:
-            image, mask = self.load(index)
             image_t = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0
             mask_t = torch.from_numpy(mask)
         if not isinstance(image_t, torch.Tensor):
