@@ -10,7 +10,8 @@ the transparent cutouts that carseg_infer and the bindings write (alpha > 127), 
 manifest's refinement and without (--no-refine). Then carseg_infer's end-to-end time per photo
 (decode, infer, refine, encode a mask PNG and a white JPEG cutout, write), with and without
 refinement, runs alternated in one session, and a zoomed edge crop before and after refinement
-(edge_crop.png). Writes cutout_quality.json, cutout_quality.md and edge_crop.png to
+(edge_crop.png), and the Python reference's figures car by car. Writes cutout_quality.json,
+cutout_quality.md and edge_crop.png (with --page NAME: NAME.json, NAME.md, NAME_edge_crop.png) to
 out/benchmarks/<device>/ (with --commit, benchmarks/results/<device>/ and docs/edge_crop.png).
 """
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num", type=int, default=16)
     ap.add_argument("--seed", type=int, default=7, help="the seed --data was drawn with")
     ap.add_argument("--rounds", type=int, default=3, help="timed carseg_infer runs per setting")
+    ap.add_argument("--page", default="cutout_quality",
+                    help="the page's name (another held-out set beside the default one)")
     ap.add_argument("--commit", action="store_true",
                     help="write to benchmarks/results/<device>/ (default: out/benchmarks/)")
     args = ap.parse_args(argv)
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert r["succeeded"] == len(photos), r
                 per_photo[on].append(r["seconds"] / len(photos))
     cost = {on: statistics.median(v) for on, v in per_photo.items()}
+    crop_name = "edge_crop.png" if args.page == "cutout_quality" else f"{args.page}_edge_crop.png"
     ratio = cost[True] / cost[False]
 
     info = M.device_info(torch.device("cpu"))
@@ -145,26 +149,56 @@ def main(argv: list[str] | None = None) -> int:
              f"refinement {refs[True].refine.to_json()}), {time.strftime('%Y-%m-%d')}. Dice and "
              "boundary F1 within 2 px against the true masks, mean over the photos. Command: "
              f"`python -m benchmarks.cutout_quality --artifacts {args.artifacts} --data "
-             f"{args.data} --num {len(photos)}`.", "",
+             f"{args.data} --num {len(photos)}"
+             f"{'' if args.page == 'cutout_quality' else ' --page ' + args.page}`.", "",
              "| path, output | Dice | boundary F1 (2 px) |", "| --- | ---: | ---: |"]
     for name, s in summary.items():
         lines.append(f"| {name} | {s['dice']:.4f} | {s['bf1']:.3f} |")
+    by_car = per_car([p.stem for p in photos], scores, label)
+    if len(by_car) > 1:
+        lines += ["", "By car (the Python reference's masks; a car's views are alike, so the "
+                  "cars, not the photos, are the independent samples):", "",
+                  "| car | photos | Dice, no refinement | boundary F1 | Dice, refined | "
+                  "boundary F1 |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for car, row in by_car.items():
+            lines.append(f"| {car} | {row['photos']} | {row['plain'][0]:.4f} | "
+                         f"{row['plain'][1]:.3f} | {row['refined'][0]:.4f} | "
+                         f"{row['refined'][1]:.3f} |")
     lines += ["", f"carseg_infer end to end (decode, infer, refine, mask PNG + white JPEG "
               f"cutout, write; {args.rounds} runs each over the {len(photos)} photos, "
               f"alternated, median): {cost[False] * 1000:.1f} ms a photo without refinement, "
               f"{cost[True] * 1000:.1f} ms with it: refinement costs {ratio - 1:+.1%}.", "",
-              "![edge crop: photo, cutout without refinement, with refinement](edge_crop.png)"]
+              f"![edge crop: photo, cutout without refinement, with refinement]({crop_name})"]
     out = page_folder(info["slug"], args.commit)
     assert crop_photo is not None
     crop = edge_crop(*crop_photo[1:4], size=200, zoom=2, truth=crop_photo[4])
-    Image.fromarray(crop).save(out / "edge_crop.png")
-    if args.commit:
+    Image.fromarray(crop).save(out / crop_name)
+    if args.commit and args.page == "cutout_quality":
         Image.fromarray(crop).save(REPO / "docs" / "edge_crop.png")
-    write_page(out, "cutout_quality",
+    write_page(out, args.page,
                {"device": device, "photos": [p.name for p in photos], "size": [h, w],
-                "scores": scores, "summary": summary, "seconds_per_photo": per_photo,
-                "refine_cost_ratio": ratio}, "\n".join(lines) + "\n", indent=1)
+                "scores": scores, "summary": summary, "by_car": by_car,
+                "seconds_per_photo": per_photo, "refine_cost_ratio": ratio},
+               "\n".join(lines) + "\n", indent=1)
     return 0
+
+
+def per_car(stems: list[str], scores: dict[str, dict[str, list[float]]],
+            label: dict[bool, str]) -> dict[str, dict]:
+    """The Python reference's mean Dice and boundary F1 per car (Carvana names a photo
+    <car>_<view>), without refinement and with it."""
+    cars: dict[str, list[int]] = {}
+    for i, stem in enumerate(stems):
+        cars.setdefault(stem.rsplit("_", 1)[0], []).append(i)
+    out = {}
+    for car, idx in cars.items():
+        row: dict = {"photos": len(idx)}
+        for on, key in ((False, "plain"), (True, "refined")):
+            r = scores[f"Python reference, mask ({label[on]})"]
+            row[key] = (statistics.mean(r["dice"][i] for i in idx),
+                        statistics.mean(r["bf1"][i] for i in idx))
+        out[car] = row
+    return out
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from benchmarks.measure import parity, percentile
@@ -107,3 +108,20 @@ def test_end_to_end_refuses_a_folder_without_photos(tiny_artifacts: Path,
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no JPEG photos"):
         e2e.main(["--artifacts", str(tiny_artifacts), "--photos", str(tmp_path / "empty")])
+
+
+def test_cutout_quality_groups_the_photos_by_car() -> None:
+    from benchmarks.cutout_quality import per_car
+
+    label = {False: "no refinement", True: "refined"}
+    stems = ["aaa_01", "aaa_02", "b_c_01", "aaa_03"]  # a car id may hold an underscore
+    scores = {"Python reference, mask (no refinement)": {"dice": [0.9, 0.8, 0.5, 0.7],
+                                                          "bf1": [0.3, 0.1, 0.2, 0.2]},
+              "Python reference, mask (refined)": {"dice": [1.0, 0.9, 0.6, 0.8],
+                                                   "bf1": [0.9, 0.6, 0.4, 0.3]}}
+    cars = per_car(stems, scores, label)
+    assert list(cars) == ["aaa", "b_c"]
+    assert cars["aaa"]["photos"] == 3 and cars["b_c"]["photos"] == 1
+    assert cars["aaa"]["plain"] == (pytest.approx(0.8), pytest.approx(0.2))
+    assert cars["aaa"]["refined"] == (pytest.approx(0.9), pytest.approx(0.6))
+    assert cars["b_c"]["refined"] == (pytest.approx(0.6), pytest.approx(0.4))

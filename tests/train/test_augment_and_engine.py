@@ -1,4 +1,4 @@
-"""The training's car/studio tone augmentation and the CPU engine's bfloat16 choice."""
+"""The training's car/studio tone augmentation, its crop, and the CPU engine's bfloat16 choice."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from carseg.train.engines import cpu_has_native_bf16, cpu_mixed_precision
 from carseg.train.transforms import CarAndStudioTone, build_transforms
@@ -145,3 +146,47 @@ def test_the_training_pipeline_keeps_soft_targets_soft() -> None:
         assert m.min() >= 0 and m.max() <= 1
         fractional += int(((m > 0.05) & (m < 0.95)).sum())
     assert fractional > 0
+
+
+def test_the_training_crop_keeps_the_photo_and_drops_padding() -> None:
+    # A 3:2 photo at 128 px fills rows 0..84 of the square; a crop of 96 rows keeps them all
+    img = np.full((640, 960, 3), 90, np.uint8)
+    mask = np.zeros((640, 960), np.uint8)
+    mask[200:600, 100:860] = 1
+    plain = build_transforms("train", 128, augment_strength=0.0)(image=img, mask=mask)
+    crop = build_transforms("train", 128, augment_strength=0.0, train_crop=96)(image=img,
+                                                                              mask=mask)
+    assert tuple(plain["image"].shape) == (3, 128, 128)
+    assert tuple(crop["image"].shape) == (3, 96, 128) and tuple(crop["mask"].shape) == (96, 128)
+    assert torch.equal(crop["image"], plain["image"][:, :96])
+    assert torch.equal(crop["mask"], plain["mask"][:96])
+    assert float(plain["mask"][96:].sum()) == 0          # what the crop drops is padding
+    # with the augmentations on, every sample still has the crop's shape
+    t = build_transforms("train", 128, train_crop=[96, 128], soft_targets=True, tone_p=1.0)
+    for seed in range(3):
+        t.set_random_seed(seed)
+        out = t(image=img, mask=mask)
+        assert tuple(out["image"].shape) == (3, 96, 128) and tuple(out["mask"].shape) == (96, 128)
+    # valid and infer pipelines never crop: inference sees the whole square
+    assert tuple(build_transforms("valid", 128, train_crop=96)(image=img)["image"].shape) == (
+        3, 128, 128)
+
+
+@pytest.mark.parametrize("crop", [100, 160, 0, [96], [96, 64, 32]])
+def test_a_training_crop_the_unet_cannot_take_is_refused(crop) -> None:
+    with pytest.raises(ValueError, match="train_crop: expected H or \\[H, W\\], each a multiple "
+                                         "of 32 in \\[32, 128\\]"):
+        build_transforms("train", 128, train_crop=crop)
+
+
+def test_image_size_override_scales_the_training_crop() -> None:
+    from carseg.train.config import apply_overrides
+    config = {"shared": {"image_size": 128},
+              "run": [{"loaders": {"train": {"dataset": {"transforms": {
+                  "image_size": 128, "train_crop": 96}}}}}]}
+    for size, want in ((128, 96), (64, 64), (96, 96), (256, 192), (160, 128)):
+        out = apply_overrides(config, image_size=size)
+        assert out["run"][0]["loaders"]["train"]["dataset"]["transforms"]["train_crop"] == want
+    config["run"][0]["loaders"]["train"]["dataset"]["transforms"]["train_crop"] = [96, 128]
+    out = apply_overrides(config, image_size=512)
+    assert out["run"][0]["loaders"]["train"]["dataset"]["transforms"]["train_crop"] == [384, 512]

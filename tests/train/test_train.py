@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -223,3 +224,27 @@ def test_a_config_with_the_old_names_trains_and_its_logdir_exports(tiny_data: Pa
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "art" / "model.torchscript.pt").is_file()
+
+
+def test_the_carvana_config_trains_with_its_crop_scaled(tiny_data: Path, tmp_path: Path) -> None:
+    """train_carvana.yml (made for 512 px and a GPU) runs as is on the CPU at 128 px: its
+    training crop of 352 rows follows the size to 96, and the best checkpoint is the least
+    valid loss on coverage targets."""
+    from carseg.train.run import run_config
+
+    config = prepare_config([CONFIGS / "train_carvana.yml"], logdir=tmp_path / "logs",
+                            data=tiny_data, epochs=2, image_size=128)
+    step = config["run"][0]
+    assert step["loaders"]["train"]["dataset"]["transforms"]["train_crop"] == 96
+    assert step["valid_metric"] == "loss" and step["minimize_valid_metric"] is True
+    step["verbose"] = False
+    for loader in step["loaders"].values():
+        loader["num_workers"] = 0
+        loader.pop("persistent_workers", None)
+    run_config(config)
+    summary = _check_run(tmp_path / "logs", image_size=128)
+    rows = list(csv.DictReader((tmp_path / "logs" / "csv_logger" / "valid.csv").open()))
+    losses = [float(r["loss"]) for r in rows]
+    assert summary["metric"] == "loss" and len(losses) == 2
+    assert summary["best_epoch"] == 1 + losses.index(min(losses))
+    assert summary["valid"]["loss"] == pytest.approx(min(losses), rel=1e-6)

@@ -72,6 +72,29 @@ def set_everywhere(node: Any, key: str, value: Any) -> int:
     return n
 
 
+def map_key(node: Any, key: str, fn) -> None:
+    """Replace every value of `key` in the tree by fn(value)."""
+    if isinstance(node, dict):
+        for k in list(node):
+            if k == key:
+                node[k] = fn(node[k])
+            else:
+                map_key(node[k], key, fn)
+    elif isinstance(node, list):
+        for item in node:
+            map_key(item, key, fn)
+
+
+def scale_crop(crop: Any, old: int, new: int) -> Any:
+    """A training crop made for image size `old`, for image size `new`: each side scaled and
+    rounded up to a multiple of 32, at most `new` (the crop keeps what it kept)."""
+    if crop is None:
+        return None
+    sides = [crop] if isinstance(crop, int) else list(crop)
+    scaled = [min(new, -(-int(v) * new // old // 32) * 32 or 32) for v in sides]
+    return scaled[0] if isinstance(crop, int) else scaled
+
+
 def _walk_paths(node: Any, fn) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -96,6 +119,9 @@ def apply_overrides(config: dict[str, Any], *, logdir: str | Path | None = None,
     if image_size is not None:
         if image_size < 32 or image_size % 32:
             raise ConfigError(f"--image-size must be a positive multiple of 32, got {image_size}")
+        old = (config.get("shared") or {}).get("image_size")
+        if isinstance(old, int) and old > 0:
+            map_key(config, "train_crop", lambda crop: scale_crop(crop, old, int(image_size)))
         set_everywhere(config, "image_size", int(image_size))
     if logdir is not None:
         set_everywhere(config, "logdir", str(logdir))

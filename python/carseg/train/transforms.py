@@ -141,11 +141,18 @@ def build_transforms(stage: str = "valid", image_size: int = 256,
                      mean: tuple[float, ...] = IMAGENET_MEAN,
                      std: tuple[float, ...] = IMAGENET_STD,
                      augment_strength: float = 1.0, tone_p: float = 0.0,
-                     soft_targets: bool = False) -> A.Compose:
+                     soft_targets: bool = False,
+                     train_crop: int | tuple[int, int] | None = None) -> A.Compose:
     """The pipeline for a stage: "train" (with augmentations) or "valid"/"infer" (without).
     `tone_p`: the probability of CarAndStudioTone for a training photo (0: never).
     `soft_targets`: the mask shrunk to coverage shares (FitLongestSide's soft_mask) rather
-    than to nearest pixels."""
+    than to nearest pixels.
+    `train_crop`: H or (H, W), multiples of 32: a training sample keeps only the top-left HxW
+    of the padded square. Landscape photos fill the top rows (the contract pads bottom/right),
+    so for Carvana's 3:2 photos the bottom third of the square is padding, which costs a
+    training step as much as the car does; at 128 px a crop of 96 rows keeps every photo row
+    (85 of them) and a margin for the shift/scale augmentation. The model is fully
+    convolutional: inference still sees the whole square."""
     if stage not in ("train", "valid", "infer"):
         raise ValueError(f"transforms stage: expected train|valid|infer, got {stage!r}")
     if not 0.0 <= tone_p <= 1.0:
@@ -154,5 +161,18 @@ def build_transforms(stage: str = "valid", image_size: int = 256,
     if stage == "train":
         aug = ([CarAndStudioTone(p=tone_p)] if tone_p > 0 else []) + train_augmentations(
             augment_strength, soft_mask=soft_targets)
+        if train_crop is not None:
+            h, w = crop_shape(train_crop, image_size)
+            aug.append(A.Crop(x_min=0, y_min=0, x_max=w, y_max=h))
     return A.Compose(pre_transforms(image_size, soft_mask=soft_targets) + aug
                      + post_transforms(mean, std))
+
+
+def crop_shape(crop: int | tuple[int, int] | list[int], image_size: int) -> tuple[int, int]:
+    """`train_crop` as (H, W): an int is a height (the width stays image_size); each side a
+    multiple of 32 (the U-Net halves it five times) and at most image_size."""
+    hw = (int(crop), image_size) if isinstance(crop, int) else tuple(int(v) for v in crop)
+    if len(hw) != 2 or any(v <= 0 or v % 32 or v > image_size for v in hw):
+        raise ValueError(f"train_crop: expected H or [H, W], each a multiple of 32 in "
+                         f"[32, {image_size}], got {crop!r}")
+    return hw[0], hw[1]
