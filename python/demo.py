@@ -180,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = summary.get("image_size", "")
     print(f"  valid Dice {valid['dice']:.4f}, IoU {valid['iou']:.4f}: Catalyst's metric on the "
           f"validation photos at the model's input size{f' ({size} px)' if size else ''} "
-          f"(best epoch {summary['best_epoch']} of {summary['num_epochs']})")
+          f"(best epoch {summary['best_epoch']} of {summary['num_epochs']} by valid "
+          f"{summary.get('metric', 'dice')})")
     if full_res is not None:
         dice, n, (w, h) = full_res
         ran = json.loads((out / "infer_report.json").read_text())
