@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert r["succeeded"] == len(photos), r
                 per_photo[on].append(r["seconds"] / len(photos))
     cost = {on: statistics.median(v) for on, v in per_photo.items()}
-    crop_name = "edge_crop.png" if args.page == "cutout_quality" else f"{args.page}_edge_crop.png"
+    default_page = args.page == "cutout_quality"
+    crop_name = "edge_crop.png" if default_page else f"{args.page}_edge_crop.png"
     ratio = cost[True] / cost[False]
 
     info = M.device_info(torch.device("cpu"))
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
              "boundary F1 within 2 px against the true masks, mean over the photos. Command: "
              f"`python -m benchmarks.cutout_quality --artifacts {args.artifacts} --data "
              f"{args.data} --num {len(photos)}"
-             f"{'' if args.page == 'cutout_quality' else ' --page ' + args.page}`.", "",
+             f"{'' if default_page else ' --page ' + args.page}`.", "",
              "| path, output | Dice | boundary F1 (2 px) |", "| --- | ---: | ---: |"]
     for name, s in summary.items():
         lines.append(f"| {name} | {s['dice']:.4f} | {s['bf1']:.3f} |")
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     assert crop_photo is not None
     crop = edge_crop(*crop_photo[1:4], size=200, zoom=2, truth=crop_photo[4])
     Image.fromarray(crop).save(out / crop_name)
-    if args.commit and args.page == "cutout_quality":
+    if args.commit and default_page:
         Image.fromarray(crop).save(REPO / "docs" / "edge_crop.png")
     write_page(out, args.page,
                {"device": device, "photos": [p.name for p in photos], "size": [h, w],

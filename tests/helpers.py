@@ -228,6 +228,17 @@ def manifest_json(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
 
+def quiet_in_process(config: dict) -> dict:
+    """A config's train step made quiet, its loaders without worker processes (faster to start
+    in tests); returns the step."""
+    step = config["run"][0]
+    step["verbose"] = False
+    for loader in step["loaders"].values():
+        loader["num_workers"] = 0
+        loader.pop("persistent_workers", None)
+    return step
+
+
 def tiny_run_config(data: Path, logdir: Path) -> dict:
     """The demo config cut down for tests: 1 epoch at 64 px, no loader workers, no random
     augmentation (so that with the seeded initial weights the run is the same every time), and
@@ -235,11 +246,7 @@ def tiny_run_config(data: Path, logdir: Path) -> dict:
     from carseg.train.run import prepare_config
 
     config = prepare_config([TRAIN_YML], logdir=logdir, data=data, epochs=1, image_size=64)
-    step = config["run"][0]
-    step["verbose"] = False
-    for loader in step["loaders"].values():  # no worker processes in tests: faster to start
-        loader["num_workers"] = 0
-        loader.pop("persistent_workers", None)
+    step = quiet_in_process(config)
     step["loaders"]["train"]["dataset"]["transforms"]["stage"] = "valid"
     # After one epoch a model trained on BCE alone (the demo's loss) is unsure of most pixels,
     # and int8 flips the unsure ones; a Dice term makes it decisive, as a trained model is.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import quiet_in_process
 
 from carseg.cli import main
 from carseg.errors import ConfigError
@@ -68,11 +69,7 @@ def test_same_config_same_model(tiny_data: Path, tiny_logdir: Path, tmp_path: Pa
 def _tiny_config_file(tmp_path: Path, data: Path, epochs: int) -> Path:
     config = prepare_config([CONFIGS / "train.yml"], logdir=tmp_path / "logs", data=data,
                             epochs=epochs, image_size=64)
-    step = config["run"][0]
-    step["verbose"] = False
-    for loader in step["loaders"].values():
-        loader["num_workers"] = 0
-        loader.pop("persistent_workers", None)
+    quiet_in_process(config)
     path = tmp_path / "tiny.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -237,10 +234,7 @@ def test_the_carvana_config_trains_with_its_crop_scaled(tiny_data: Path, tmp_pat
     step = config["run"][0]
     assert step["loaders"]["train"]["dataset"]["transforms"]["train_crop"] == 96
     assert step["valid_metric"] == "loss" and step["minimize_valid_metric"] is True
-    step["verbose"] = False
-    for loader in step["loaders"].values():
-        loader["num_workers"] = 0
-        loader.pop("persistent_workers", None)
+    quiet_in_process(config)
     run_config(config)
     summary = _check_run(tmp_path / "logs", image_size=128)
     rows = list(csv.DictReader((tmp_path / "logs" / "csv_logger" / "valid.csv").open()))

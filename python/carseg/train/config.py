@@ -58,31 +58,23 @@ def load_configs(paths: Iterable[str | Path]) -> dict[str, Any]:
 
 def set_everywhere(node: Any, key: str, value: Any) -> int:
     """Set `key` to `value` in every mapping of the tree; returns how many were set."""
+    return map_key(node, key, lambda _: copy.deepcopy(value))
+
+
+def map_key(node: Any, key: str, fn) -> int:
+    """Replace every value of `key` in the tree by fn(value); returns how many were replaced."""
     n = 0
     if isinstance(node, dict):
         for k in list(node):
             if k == key:
-                node[k] = copy.deepcopy(value)
+                node[k] = fn(node[k])
                 n += 1
             else:
-                n += set_everywhere(node[k], key, value)
+                n += map_key(node[k], key, fn)
     elif isinstance(node, list):
         for item in node:
-            n += set_everywhere(item, key, value)
+            n += map_key(item, key, fn)
     return n
-
-
-def map_key(node: Any, key: str, fn) -> None:
-    """Replace every value of `key` in the tree by fn(value)."""
-    if isinstance(node, dict):
-        for k in list(node):
-            if k == key:
-                node[k] = fn(node[k])
-            else:
-                map_key(node[k], key, fn)
-    elif isinstance(node, list):
-        for item in node:
-            map_key(item, key, fn)
 
 
 def scale_crop(crop: Any, old: int, new: int) -> Any:
