@@ -209,10 +209,12 @@ def test_a_signal_that_ray_swallows_still_stops_the_job(where: str, photos: Path
                                                         tiny_artifacts: Path, tmp_path: Path,
                                                         monkeypatch) -> None:
     """A SIGINT whose KeyboardInterrupt Ray's own code catches (seen: a Ctrl-C while Ray
-    started, and the job ran to the end and exited 0) still ends the job as interrupted, and
-    the Ray it started is shut down."""
+    started, and the job ran to the end and exited 0; Ray now starts off the main thread, so
+    the signal during its start is the job's) still ends the job as interrupted, and the Ray
+    it started is shut down."""
     import ray
 
+    from carseg.apps._ray import _watchdogs
     from carseg.apps.batch import run_batch
 
     calls: list[str] = []
@@ -236,6 +238,9 @@ def test_a_signal_that_ray_swallows_still_stops_the_job(where: str, photos: Path
     try:
         with pytest.raises(KeyboardInterrupt, match="SIGINT"):
             run_batch([photos], tiny_artifacts, tmp_path / "out", handle_signals=True)
+        # the job is over: its handlers and its stop's watchdog are gone with it
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == saved
+        assert not _watchdogs
     finally:
         signal.signal(signal.SIGINT, saved[0])
         signal.signal(signal.SIGTERM, saved[1])

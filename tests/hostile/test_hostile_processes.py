@@ -1,10 +1,15 @@
-"""Processes: stopping `carseg batch` (SIGINT, SIGTERM, or killing its process group) stops every
-worker it started, and `carseg serve` stops cleanly on SIGINT and SIGTERM. Ray's processes are
-found by the session folder each run makes, so other Ray users of the machine do not count."""
+"""Processes: stopping `carseg batch` (SIGINT, SIGTERM, or killing its process group), while Ray
+starts or while it works, stops every worker it started; a stop that does not end the job kills
+it after a grace time, or at a second signal; `carseg serve` stops cleanly on SIGINT and
+SIGTERM. Ray's processes are found by the session folder each run makes, so other Ray users of
+the machine do not count."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers import copy_photos
+from PIL import Image
 
 pytest.importorskip("ray", reason="the `scale` extra (ray) is not installed")
 import psutil  # noqa: E402  (ray's own dependency)
@@ -56,29 +62,142 @@ def _wait_for(cond, proc: subprocess.Popen, seconds: float = 180.0) -> None:
         time.sleep(0.2)
 
 
+def _interrupted(proc: subprocess.Popen, output: str, report: Path) -> None:
+    """What a stop by SIGINT or SIGTERM leaves, whenever it comes: carseg's own exit (not Ray's
+    handlers' 15 or an abort) and message, and the report saying why the job ended."""
+    assert proc.returncode == 130, output[-3000:]
+    assert "carseg batch: interrupted" in output
+    assert "Traceback" not in output
+    error = json.loads(report.read_text())["error"]
+    assert error.startswith("KeyboardInterrupt: SIG"), error
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "killpg"])
-def test_stopping_carseg_batch_stops_every_worker(how: str, tiny_data: Path,
+@pytest.mark.parametrize(("how", "when"), [("SIGINT", "starting"), ("SIGTERM", "starting"),
+                                           ("SIGTERM", "working"), ("killpg", "working")])
+def test_stopping_carseg_batch_stops_every_worker(how: str, when: str, tiny_data: Path,
                                                   tiny_artifacts: Path, tmp_path: Path) -> None:
-    ray_tmp = Path("/tmp") / f"rt{os.getpid()}{how[-3:]}"  # short: Ray's socket paths
+    """`starting`: as soon as Ray's first processes are up, while ray.init still runs (where
+    Ray's own handlers used to take the signal); `working`: once the first outputs are
+    written, photos still to do."""
+    ray_tmp = Path("/tmp") / f"rt{os.getpid()}{how[-3:]}{when[0]}"  # short: Ray's socket paths
     photos = copy_photos(tiny_data, tmp_path / "photos", 24)
-    out = tmp_path / "out"
+    if when == "working":  # enough photos that the job is still running when it is stopped
+        for p in sorted(photos.glob("*.jpg")):
+            for i in range(40):
+                shutil.copy(p, photos / f"{p.stem}_{i}.jpg")
+    out, report = tmp_path / "out", tmp_path / "report.json"
     proc = _start([str(CARSEG), "batch", str(photos), "--model", str(tiny_artifacts),
-                   "--output", str(out), "--batch-size", "1", "--workers", "1"], ray_tmp)
+                   "--output", str(out), "--batch-size", "1", "--workers", "1",
+                   "--report", str(report)], ray_tmp)
     try:
-        _wait_for(lambda: len(_ray_processes(ray_tmp)) >= 2, proc)  # Ray is up and working
+        if when == "starting":
+            _wait_for(lambda: len(_ray_processes(ray_tmp)) >= 2, proc)
+        else:
+            _wait_for(lambda: any(out.glob("*_mask.png")), proc)
         if how == "killpg":
             os.killpg(proc.pid, signal.SIGKILL)  # the whole group, as a shell's kill does
         else:
             proc.send_signal(getattr(signal, how))
-        proc.communicate(timeout=120)
+        output, _ = proc.communicate(timeout=120)
         assert not _wait_gone(ray_tmp), "Ray processes outlived carseg batch"
-        assert proc.returncode != 0
+        if how == "killpg":
+            assert proc.returncode == -signal.SIGKILL
+        else:
+            _interrupted(proc, output, report)
+        if when == "working":  # stopped before the end, and what it wrote is whole
+            masks = sorted(out.glob("*_mask.png"))
+            assert 0 < len(masks) < 24 * 41
+            for m in masks:
+                with Image.open(m) as im:
+                    im.load()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         for p in _ray_processes(ray_tmp):
             p.kill()
+
+
+_STUBBORN = """
+import subprocess, sys, time
+from carseg.apps._ray import stop_on_signals
+sys.stderr.write("".join(ln for ln in open("/proc/self/status") if ln.startswith("Sig")))
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+stop_on_signals(grace_s=float(sys.argv[1]))
+print(child.pid, flush=True)
+while True:
+    try:
+        time.sleep(600)
+    except KeyboardInterrupt:
+        print("caught", flush=True)  # and carried on, as code run in the main thread may do
+"""
+
+
+def _line(proc: subprocess.Popen, seconds: float = 60.0) -> str:
+    """The next line `proc` prints (read a byte at a time: nothing waits in a buffer that
+    select cannot see); what it said on stderr if none comes in `seconds`."""
+    deadline, line = time.monotonic() + seconds, b""
+    fd = proc.stdout.fileno()
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        byte = os.read(fd, 1) if ready else b""
+        if not byte:
+            proc.kill()
+            pytest.fail(f"no line from the process in {seconds:g} s (got {line!r}): "
+                        f"{proc.communicate()[1]}")
+        line += byte
+    return line.decode()
+
+
+def _stubborn(grace_s: float) -> tuple[subprocess.Popen, int]:
+    """A process that swallows the KeyboardInterrupt of stop_on_signals, with a child of its
+    own (as a job's Ray node), and the child's pid."""
+    proc = subprocess.Popen([sys.executable, "-c", _STUBBORN, str(grace_s)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            bufsize=0, start_new_session=True)
+    return proc, int(_line(proc))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_stop_that_does_not_end_the_job_kills_it_after_the_grace_time() -> None:
+    proc, child = _stubborn(2.0)
+    try:
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert _line(proc) == "caught\n"
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert time.monotonic() - t0 >= 2.0, "killed before its grace time"
+        assert "still running 2 s after SIGTERM; killing the 1 process(es) it started" in err
+        assert _gone(child), "the job's own process outlived it"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_second_signal_while_stopping_kills_at_once() -> None:
+    proc, child = _stubborn(600.0)
+    try:
+        proc.send_signal(signal.SIGINT)
+        assert _line(proc) == "caught\n"  # stopping, and stuck
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # not the 600 s of grace
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "SIGTERM while stopping after SIGINT; killing the 1 process(es) it started" in err
+        assert _gone(child)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def _free_port() -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
+from carseg.apps._ray import local_ray, raise_if_stopped, require_ray
 from carseg.errors import CarsegError
 from carseg.io.encode import (
     BACKGROUNDS,
@@ -148,7 +148,7 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
               cutout: str = "white", backend: str = "torchscript", num_cpus: int | None = None,
               handle_signals: bool = False, decode: str = "cpu") -> Report:
     """The job; `handle_signals` (the CLI's, from the main thread): SIGINT and SIGTERM end it
-    through KeyboardInterrupt, so that the Ray it started is shut down."""
+    through KeyboardInterrupt, and the Ray it started is shut down (apps._ray.local_ray)."""
     require_ray("Ray Data")
     import ray
     import ray.data
@@ -183,18 +183,10 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
         return report
 
     t0 = time.monotonic()
-    started = False
-    if handle_signals:
-        stop_on_signals()  # a signal while Ray starts counts too
-    try:
-        if not ray.is_initialized():
-            started = True  # before init: a signal inside it must still shut down what started
-            ray.init(address=None if address == "local" else address, num_cpus=num_cpus
-                     if address == "local" else None, include_dashboard=False,
-                     logging_level=logging.WARNING)
-        if handle_signals:
-            stop_on_signals(fresh=False)  # again: ray.init installs its own SIGTERM handler
-            raise_if_stopped()
+    with local_ray(handle_signals=handle_signals,
+                   address=None if address == "local" else address,
+                   num_cpus=num_cpus if address == "local" else None, include_dashboard=False,
+                   logging_level=logging.WARNING):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = True
         ds = ray.data.from_items([{"path": str(p)} for p in todo],
@@ -222,9 +214,6 @@ def run_batch(inputs: list[Path], model_dir: Path, output: Path, *, address: str
                 report.done.append(row["path"])
             else:
                 report.failed.append({"path": row["path"], "reason": row["reason"]})
-    finally:
-        if started:
-            ray.shutdown()
     if handle_signals:
         raise_if_stopped()  # one that Ray's own code caught, late in the job or in shutdown
     report.seconds = time.monotonic() - t0

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from carseg.apps._ray import raise_if_stopped, require_ray, stop_on_signals
+from carseg.apps._ray import local_ray, raise_if_stopped, require_ray
 from carseg.errors import CarsegError, DataError
 from carseg.io.encode import (
     JPEG_QUALITY,
@@ -462,28 +462,24 @@ def serve_forever(model_dir: Path, *, host: str, port: int, **kwargs: Any) -> No
     """`carseg serve`: start a local Ray, run the app, block until Ctrl-C or SIGTERM, shut
     down."""
     require_ray("Ray Serve")
-    import ray
     from ray import serve
 
     app = build_app(model_dir, **kwargs)
-    stop_on_signals()  # a signal while Ray starts counts too
-    try:
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, logging_level=logging.WARNING)
-        serve.start(http_options={"host": host, "port": port})
-        stop_on_signals(fresh=False)  # again: ray.init installs its own SIGTERM handler
-        raise_if_stopped()
+    with local_ray(handle_signals=True, include_dashboard=False,
+                   logging_level=logging.WARNING):
         try:
-            serve.run(app, name="carseg", route_prefix="/")
-        except RuntimeError as e:  # a replica failed to start: say why, in one line
-            raise CarsegError(f"{model_dir}: the Serve app did not start: "
-                              f"{str(e).strip().splitlines()[-1]}") from None
-        log.info("serving %s on http://%s:%d (POST /v1/segment); Ctrl-C stops", model_dir,
-                 host, port)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        log.info("shutting down")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+            serve.start(http_options={"host": host, "port": port})
+            raise_if_stopped()  # one that Serve's start caught
+            try:
+                serve.run(app, name="carseg", route_prefix="/")
+            except RuntimeError as e:  # a replica failed to start: say why, in one line
+                raise CarsegError(f"{model_dir}: the Serve app did not start: "
+                                  f"{str(e).strip().splitlines()[-1]}") from None
+            log.info("serving %s on http://%s:%d (POST /v1/segment); Ctrl-C stops", model_dir,
+                     host, port)
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            log.info("shutting down")
+        finally:
+            serve.shutdown()
