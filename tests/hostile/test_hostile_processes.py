@@ -122,11 +122,15 @@ _STUBBORN = """
 import subprocess, sys, time
 from carseg.apps._ray import stop_on_signals
 sys.stderr.write("".join(ln for ln in open("/proc/self/status") if ln.startswith("Sig")))
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         stdout=subprocess.DEVNULL)  # its end is not the test's EOF
 stop_on_signals(grace_s=float(sys.argv[1]))
-print(child.pid, flush=True)
+told = False
 while True:
     try:
+        if not told:  # inside the try: a signal right after the line is caught too
+            told = True
+            print(child.pid, flush=True)
         time.sleep(600)
     except KeyboardInterrupt:
         print("caught", flush=True)  # and carried on, as code run in the main thread may do
