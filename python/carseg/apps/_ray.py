@@ -56,8 +56,8 @@ def stop_on_signals(*, fresh: bool = True, grace_s: float = STOP_GRACE_S) -> Non
     Ray's processes behind. Ray's own code may catch that KeyboardInterrupt or hang in its
     shutdown, so a stop is also bounded: `grace_s` after the first signal, or at once on a
     second one, every process this one started is killed and it exits 128 + the signal.
-    Call it before starting Ray (local_ray does) and again after (the driver's crash handler
-    takes SIGTERM), then raise_if_stopped(). `fresh` forgets the signals seen before (the
+    Call it before starting Ray and again after (ours again, whatever Ray's start installed),
+    then raise_if_stopped(); local_ray does. `fresh` forgets the signals seen before (the
     first call of a job, not the second)."""
     if fresh:
         _stopped_by.clear()
