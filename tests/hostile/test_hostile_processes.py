@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,13 +155,21 @@ def _line(proc: subprocess.Popen, seconds: float = 60.0) -> str:
     return line.decode()
 
 
-def _stubborn(grace_s: float) -> tuple[subprocess.Popen, int]:
+@contextmanager
+def _stubborn(grace_s: float) -> Iterator[tuple[subprocess.Popen, int]]:
     """A process that swallows the KeyboardInterrupt of stop_on_signals, with a child of its
-    own (as a job's Ray node), and the child's pid."""
+    own (as a job's Ray node), and the child's pid; both killed on the way out if alive."""
     proc = subprocess.Popen([sys.executable, "-c", _STUBBORN, str(grace_s)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             bufsize=0, start_new_session=True)
-    return proc, int(_line(proc))
+    child = int(_line(proc))
+    try:
+        yield proc, child
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if not _gone(child):
+            os.kill(child, signal.SIGKILL)
 
 
 def _gone(pid: int) -> bool:
@@ -170,8 +180,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_a_stop_that_does_not_end_the_job_kills_it_after_the_grace_time() -> None:
-    proc, child = _stubborn(2.0)
-    try:
+    with _stubborn(2.0) as (proc, child):
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert _line(proc) == "caught\n"
@@ -180,16 +189,10 @@ def test_a_stop_that_does_not_end_the_job_kills_it_after_the_grace_time() -> Non
         assert time.monotonic() - t0 >= 2.0, "killed before its grace time"
         assert "still running 2 s after SIGTERM; killing the 1 process(es) it started" in err
         assert _gone(child), "the job's own process outlived it"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if not _gone(child):
-            os.kill(child, signal.SIGKILL)
 
 
 def test_a_second_signal_while_stopping_kills_at_once() -> None:
-    proc, child = _stubborn(600.0)
-    try:
+    with _stubborn(600.0) as (proc, child):
         proc.send_signal(signal.SIGINT)
         assert _line(proc) == "caught\n"  # stopping, and stuck
         proc.send_signal(signal.SIGTERM)
@@ -197,11 +200,6 @@ def test_a_second_signal_while_stopping_kills_at_once() -> None:
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "SIGTERM while stopping after SIGINT; killing the 1 process(es) it started" in err
         assert _gone(child)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        if not _gone(child):
-            os.kill(child, signal.SIGKILL)
 
 
 def _free_port() -> int:
