@@ -123,7 +123,6 @@ def test_stopping_carseg_batch_stops_every_worker(how: str, when: str, tiny_data
 _STUBBORN = """
 import subprocess, sys, time
 from carseg.apps._ray import stop_on_signals
-sys.stderr.write("".join(ln for ln in open("/proc/self/status") if ln.startswith("Sig")))
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
                          stdout=subprocess.DEVNULL)  # its end is not the test's EOF
 stop_on_signals(grace_s=float(sys.argv[1]))
